@@ -1,0 +1,47 @@
+"""Lazy imports of optional heavy packages, with one clear error naming the package and its install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module -> (distribution to install, extra of addunet-edge that brings it)
+_HINTS: dict[str, tuple[str, str | None]] = {
+    "tensorrt": ("tensorrt", "tensorrt"),
+    "cuda": ("cuda-python", "tensorrt"),
+    "cuda.bindings": ("cuda-python", "tensorrt"),
+    "pycuda": ("pycuda", None),
+    "cv2": ("opencv-python-headless", "camera"),
+    "modelopt": ("nvidia-modelopt", "modelopt"),
+    "bm3d": ("bm3d", "baselines"),
+    "onnxruntime": ("onnxruntime", None),
+}
+
+
+def install_hint(module: str) -> str:
+    dist, extra = _HINTS.get(module, (module.split(".")[0], None))
+    if extra:
+        return f"pip install '{dist}'  (or: pip install 'addunet-edge[{extra}]')"
+    return f"pip install '{dist}'"
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import `module` or raise MissingDependencyError saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{module}', which is not importable here ({e}). "
+            f"Install it with: {install_hint(module)}"
+        ) from e
+
+
+def available(module: str) -> bool:
+    """True when `module` imports; never raises."""
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,178 @@
+"""Atomic writes, file hashes, manifests and output-folder locks shared by every artifact writer."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, LockError
+
+MANIFEST_SCHEMA = 1
+MANIFEST_SUFFIX = ".manifest.json"
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    The temporary file lives in the same folder so the final rename is atomic on POSIX; on any
+    exception (a full disk, Ctrl-C) it is removed and the previous file at `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path, what: str = "JSON file", max_bytes: int = 16 << 20) -> Any:
+    """Read a JSON object; a missing, oversized or malformed file raises ArtifactError naming it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} not found: {path}") from None
+    if size > max_bytes:
+        raise ArtifactError(f"{what} {path} is {size} bytes, larger than the {max_bytes} allowed")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions of the named distributions (None where absent); never imports them."""
+    out: dict[str, str | None] = {}
+    for name in names or ("addunet-edge", "torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def write_manifest(artifact: str | Path, **fields: Any) -> dict[str, Any]:
+    """Write `<artifact>.manifest.json` describing `artifact` (which must already be in place)."""
+    artifact = Path(artifact)
+    manifest: dict[str, Any] = {
+        "schema": MANIFEST_SCHEMA,
+        "artifact": artifact.name,
+        "sha256": sha256_file(artifact),
+        "size_bytes": artifact.stat().st_size,
+        "created_unix": round(time.time(), 3),
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "versions": package_versions(),
+    }
+    manifest.update(fields)
+    atomic_write_json(manifest_path(artifact), manifest)
+    return manifest
+
+
+def read_manifest(artifact: str | Path, *, verify_hash: bool = True, required: bool = False) -> dict | None:
+    """Load the manifest of `artifact`; refuse it if the artifact's hash does not match.
+
+    Returns None when there is no manifest and `required` is False.
+    """
+    artifact = Path(artifact)
+    mpath = manifest_path(artifact)
+    if not mpath.exists():
+        if required:
+            raise ArtifactError(f"{artifact} has no manifest ({mpath.name}); rebuild it with addunet-edge")
+        return None
+    manifest = read_json(mpath, what="manifest")
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        raise ArtifactError(f"manifest {mpath} has schema {manifest.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+    expected = manifest.get("sha256")
+    if not isinstance(expected, str):
+        raise ArtifactError(f"manifest {mpath} carries no sha256 of its artifact")
+    if verify_hash:
+        actual = sha256_file(artifact)
+        if actual != expected:
+            raise ArtifactError(
+                f"{artifact} does not match its manifest (sha256 {actual[:12]}… != {expected[:12]}…): "
+                "the file was modified or truncated; rebuild it or delete the stale manifest"
+            )
+    return manifest
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder; a second writer gets LockError at once."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_file = folder / ".addunet-edge.lock"
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockError(
+                f"another addunet-edge run is writing into {folder}; wait for it or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield folder
+    finally:
+        os.close(fd)

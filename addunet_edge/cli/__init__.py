@@ -1,0 +1,25 @@
+"""The Typer app: one thin command per verb, each module registering its own commands."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="addunet-edge",
+    help="Train AddUNet, export it, make FP16/INT8 variants, build TensorRT engines, validate and benchmark them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines register(app). Order is the order of `--help`.
+_COMMAND_MODULES: tuple[str, ...] = ("train",)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,98 @@
+"""What every command shares: the console, the error-to-exit-code mapping and common option types."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import AddUNetEdgeError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """Register `fn` on `app`; the package's own errors become one red line and their exit code."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except AddUNetEdgeError as e:
+                err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+                raise typer.Exit(code=e.exit_code) from None
+            except KeyboardInterrupt:
+                err_console.print("[yellow]interrupted[/]: completed outputs were kept")
+                raise typer.Exit(code=130) from None
+
+        app.command(name=name, **kwargs)(wrapper)
+        return fn
+
+    return decorator
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'1,8' -> [1, 8]; raises BadParameter with the option's name."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{what} is empty")
+    return values
+
+
+def parse_float_list(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{what} is empty")
+    return values
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'256x256,512x384' -> [(256, 256), (512, 384)] as (height, width)."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            h, w = (int(v) for v in part.split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"size must look like 256x256, got {part!r}") from None
+        if h < 1 or w < 1:
+            raise typer.BadParameter(f"size must be positive, got {part!r}")
+        sizes.append((h, w))
+    if not sizes:
+        raise typer.BadParameter("no size given")
+    return sizes
+
+
+# Option types shared by several commands (defined once, as typer's docs recommend).
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+DatasetOpt = Annotated[
+    str,
+    typer.Option("--dataset", "-d", help="digits | photos | PATH (image folder with class subfolders, or .npz)."),
+]
+SigmaOpt = Annotated[float, typer.Option("--sigma", help="Gaussian noise sigma on the 0-255 scale.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (splits, noise, initialisation).")]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="CPU threads for torch / onnxruntime (0 = library default).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,113 @@
+"""`train` and `info`: train AddUNet or the concatenative baseline, and show what a checkpoint learned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._common import DatasetOpt, DeviceOpt, SeedOpt, command, console
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "train")
+    def train_cmd(
+        dataset: DatasetOpt = "digits",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")] = Path("runs/train"),
+        arch: Annotated[str, typer.Option(help="addunet | concat (the baseline U-Net).")] = "addunet",
+        sigma: Annotated[str, typer.Option(help="Noise sigma (0-255), or a range like 5-55 for blind training.")] = "",
+        epochs: Annotated[int, typer.Option(help="Number of epochs.")] = 0,
+        minutes: Annotated[float, typer.Option(help="Time budget in minutes (0 = none).")] = 0.0,
+        batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+        lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
+        cls_weight: Annotated[float, typer.Option("--lambda", help="Weight of the classification loss.")] = 0.05,
+        width: Annotated[int, typer.Option(help="Channels at every level.")] = 0,
+        depth: Annotated[int, typer.Option(help="Encoder blocks (= gated skips).")] = 0,
+        kernel_sizes: Annotated[str, typer.Option(help="Kernel size per level, e.g. 3 or 5,3,3,3.")] = "",
+        resampling: Annotated[str, typer.Option(help="none (full-rate) | stride (multi-scale).")] = "",
+        residual: Annotated[bool | None, typer.Option("--residual/--direct", help="Predict the noise.")] = None,
+        norm: Annotated[str, typer.Option(help="batch | none (none = the paper's plain blocks).")] = "",
+        bound: Annotated[float, typer.Option(help="State clamp (0 = unbounded, the paper's plain blocks).")] = -1.0,
+        head: Annotated[str, typer.Option(help="limited (linear) | full (MLP) classifier head.")] = "limited",
+        denoise_only: Annotated[bool, typer.Option(help="No classifier (num_classes = 0).")] = False,
+        channels: Annotated[int, typer.Option(help="1 (gray) or 3 (RGB).")] = 1,
+        size: Annotated[int, typer.Option(help="Image size for digits / class folders.")] = 32,
+        patch_size: Annotated[int, typer.Option(help="Training patch size for photos.")] = 0,
+        seed: SeedOpt = 0,
+        device: DeviceOpt = "cpu",
+        resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last epoch.")] = False,
+    ) -> None:
+        """Train a model; the checkpoint folder is --out (best model), with last/ for --resume."""
+        from ..recipes import train_recipe
+
+        summary = train_recipe(
+            dataset=dataset,
+            out=out,
+            arch=arch,
+            sigma=sigma or None,
+            epochs=epochs or None,
+            minutes=minutes or None,
+            batch_size=batch_size,
+            lr=lr,
+            cls_weight=cls_weight,
+            width=width or None,
+            depth=depth or None,
+            kernel_sizes=kernel_sizes or None,
+            resampling=resampling or None,
+            residual_output=residual,
+            norm=norm or None,
+            bound=bound,
+            head=head,
+            denoise_only=denoise_only,
+            in_channels=channels,
+            size=size,
+            patch_size=patch_size or None,
+            seed=seed,
+            device=device,
+            resume=resume,
+        )
+        _print_summary(out, summary)
+
+    @command(app, "info")
+    def info_cmd(
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Config, parameters, MACs per pixel, learned gates and metrics of a checkpoint."""
+        from ..recipes import checkpoint_info
+
+        info = checkpoint_info(checkpoint)
+        if json_out:
+            console.print_json(json.dumps(info))
+            return
+        table = Table(title=f"checkpoint {checkpoint}", show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for key, value in info.items():
+            table.add_row(key, _fmt(value))
+        console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return ", ".join(f"{v:.3f}" for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _print_summary(out: Path, summary: dict) -> None:
+    test = summary.get("test", {})
+    parts = [
+        f"test PSNR {test.get('psnr_db', float('nan')):.2f} dB (noisy {test.get('noisy_psnr_db', float('nan')):.2f})"
+    ]
+    parts.append(f"SSIM {test.get('ssim', float('nan')):.4f}")
+    if "accuracy" in test:
+        parts.append(f"accuracy {100 * test['accuracy']:.1f} %")
+    parts.append(f"{summary.get('train_time_s', 0):.0f} s")
+    console.print(f"[green]trained[/] {out}: " + ", ".join(parts))

@@ -1,0 +1,60 @@
+"""Engines: one protocol (engines.base) and one module per backend; open_engine picks the backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError
+from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile, Prediction
+
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+def backend_for(path: str | Path) -> str:
+    """'torch' for a checkpoint folder, 'onnxruntime' for .onnx, 'tensorrt' for a plan."""
+    path = Path(path)
+    if path.is_dir():
+        from ..checkpoint import is_checkpoint
+
+        if is_checkpoint(path):
+            return "torch"
+        raise ArtifactError(f"{path} is a folder but not a checkpoint (no config.json inside)")
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in PLAN_SUFFIXES:
+        return "tensorrt"
+    raise ArtifactError(
+        f"cannot tell which backend runs {path}: expected a checkpoint folder, an .onnx or a .plan file"
+    )
+
+
+def open_engine(path: str | Path, **options: Any) -> Engine:
+    """Open any artifact of ours behind the one Engine protocol; backend-specific options pass through."""
+    backend = backend_for(path)
+    if backend == "torch":
+        from .torch_backend import TorchEngine
+
+        return TorchEngine(path, **options)
+    if backend == "onnxruntime":
+        from .ort import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(path, **options)
+    from .tensorrt import TensorRTEngine
+
+    return TensorRTEngine(path, **options)
+
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "Engine",
+    "EngineInfo",
+    "InputProfile",
+    "Prediction",
+    "backend_for",
+    "open_engine",
+]

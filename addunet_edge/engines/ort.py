@@ -1,0 +1,118 @@
+"""The ONNX Runtime backend: any .onnx of ours (fp32, fp16, int8 Q/DQ) on the CPU, CUDA or TensorRT providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._lazy import require
+from ..artifacts import read_manifest
+from ..errors import ArtifactError
+from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile
+
+_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OnnxRuntimeEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: tuple[str, ...] = ("cpu",),
+        threads: int = 0,
+        optimization: str = "all",
+        optimized_model_path: str | Path | None = None,
+    ) -> None:
+        super().__init__(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path} does not exist")
+        if optimization not in _OPT_LEVELS:
+            raise ArtifactError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
+        self.manifest = read_manifest(self.path)  # refuses a hash mismatch; None if there is no manifest
+        self.providers, self.threads, self.optimization = providers, threads, optimization
+        self.optimized_model_path = optimized_model_path
+        self._session = None
+        self._info: EngineInfo | None = None
+
+    def _activate(self) -> None:
+        ort = require("onnxruntime", "the onnxruntime backend")
+        opts = ort.SessionOptions()
+        if self.threads > 0:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        if self.optimized_model_path is not None:
+            opts.optimized_model_filepath = str(self.optimized_model_path)
+        available = set(ort.get_available_providers())
+        wanted = [_PROVIDERS.get(p, p) for p in self.providers]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            from ..errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(sorted(available))}); "
+                "install onnxruntime-gpu for CUDA / TensorRT providers"
+            )
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt models
+            raise ArtifactError(f"{self.path} cannot be loaded by onnxruntime: {e}") from None
+        self._info = self._describe()
+
+    def _describe(self) -> EngineInfo:
+        assert self._session is not None
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        if INPUT_NAME not in inputs or tuple(outputs) != OUTPUT_NAMES:
+            raise ArtifactError(
+                f"{self.path} is not an addunet-edge model: inputs {list(inputs)}, outputs {outputs} "
+                f"(expected {INPUT_NAME!r} -> {OUTPUT_NAMES})"
+            )
+        shape = inputs[INPUT_NAME].shape
+        channels = shape[1] if isinstance(shape[1], int) else 1
+        fixed = (shape[2], shape[3]) if all(isinstance(s, int) for s in shape[2:]) else None
+        m = self.manifest or {}
+        logits_shape = self._session.get_outputs()[1].shape
+        num_classes = m.get("num_classes", logits_shape[1] if isinstance(logits_shape[1], int) else 0)
+        return EngineInfo(
+            backend=self.backend,
+            precision=m.get("precision", "fp32"),
+            device=",".join(self._session.get_providers()),
+            profile=InputProfile(
+                channels=channels,
+                fixed_hw=fixed,
+                size_multiple=int(m.get("size_multiple", 1)),
+                max_batch=shape[0] if isinstance(shape[0], int) else None,
+            ),
+            num_classes=int(num_classes),
+            source=str(self.path),
+            source_sha256=m.get("sha256"),
+            extra={"manifest": bool(self.manifest), "target": m.get("target")},
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        self.activate()
+        assert self._info is not None
+        return self._info
+
+    def _infer(self, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self._session is not None
+        denoised, logits = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: noisy})
+        return denoised.astype(np.float32, copy=False), logits.astype(np.float32, copy=False)
+
+    def _deactivate(self) -> None:
+        self._session = None

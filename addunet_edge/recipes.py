@@ -1,0 +1,169 @@
+"""Training recipes: the measured defaults per dataset, and the read-out of a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import DEFAULT_SIGMA_RANGE, load_dataset, parse_sigma
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Defaults for one kind of data; every field can be overridden from the CLI."""
+
+    width: int
+    depth: int
+    kernel_sizes: tuple[int, ...]
+    resampling: str
+    epochs: int
+    sigma: tuple[float, float]
+    val_sigma: float
+    lr: float
+    batch_size: int
+    patch_size: int = 64
+    patches_per_epoch: int = 2048
+    minutes: float | None = None
+
+
+# digits: 32x32 images, 10 classes, sigma 25 (the paper's multi-task setting).
+DIGITS = Recipe(
+    width=32,
+    depth=4,
+    kernel_sizes=(3,),
+    resampling="none",
+    epochs=12,
+    sigma=(25.0, 25.0),
+    val_sigma=25.0,
+    lr=2e-3,
+    batch_size=64,
+)
+# photos: a blind gray denoiser on patches of scikit-image's photographs (held-out: camera, coins, astronaut).
+PHOTOS = Recipe(
+    width=48,
+    depth=4,
+    kernel_sizes=(3,),
+    resampling="stride",
+    epochs=1000,
+    sigma=DEFAULT_SIGMA_RANGE,
+    val_sigma=25.0,
+    lr=2e-3,
+    batch_size=32,
+    patch_size=64,
+    patches_per_epoch=1024,
+    minutes=30.0,
+)
+
+
+def recipe_for(dataset: str, labelled: bool) -> Recipe:
+    if dataset == "photos" or not labelled:
+        return PHOTOS
+    return DIGITS
+
+
+def train_recipe(
+    *,
+    dataset: str,
+    out: str | Path,
+    arch: str = "addunet",
+    sigma: str | None = None,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    cls_weight: float = 0.05,
+    width: int | None = None,
+    depth: int | None = None,
+    kernel_sizes: str | None = None,
+    resampling: str | None = None,
+    residual_output: bool | None = None,
+    norm: str | None = None,
+    bound: float = -1.0,
+    head: str = "limited",
+    denoise_only: bool = False,
+    in_channels: int = 1,
+    size: int = 32,
+    patch_size: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the data, fill the recipe's defaults, train; returns the training summary."""
+    from .model import ModelConfig
+    from .training import TrainConfig, train
+
+    is_photos = dataset == "photos"
+    base = PHOTOS if is_photos else DIGITS
+    ds = load_dataset(
+        dataset,
+        size=size,
+        in_channels=in_channels,
+        seed=seed,
+        patch_size=patch_size or base.patch_size,
+        patches_per_epoch=base.patches_per_epoch,
+    )
+    recipe = recipe_for(dataset, ds.num_classes > 0)
+    try:
+        ks = tuple(int(k) for k in kernel_sizes.split(",")) if kernel_sizes else recipe.kernel_sizes
+    except ValueError:
+        raise ConfigError(f"kernel sizes must be integers separated by commas, got {kernel_sizes!r}") from None
+    num_classes = 0 if denoise_only else ds.num_classes
+    model_kw: dict[str, Any] = {
+        "arch": arch,
+        "in_channels": ds.in_channels,
+        "width": width or recipe.width,
+        "depth": depth or recipe.depth,
+        "kernel_sizes": ks,
+        "resampling": resampling or recipe.resampling,
+        "num_classes": num_classes,
+        "head": head,
+    }
+    if residual_output is not None:
+        model_kw["residual_output"] = residual_output
+    if norm is not None:
+        model_kw["norm"] = norm
+    if bound >= 0:
+        model_kw["bound"] = bound or None
+    mc = ModelConfig(**model_kw)
+    sig = parse_sigma(sigma) if sigma else recipe.sigma
+    tc = TrainConfig(
+        epochs=epochs or recipe.epochs,
+        batch_size=batch_size or recipe.batch_size,
+        lr=lr or recipe.lr,
+        cls_weight=cls_weight if num_classes else 0.0,
+        sigma=sig,
+        val_sigma=recipe.val_sigma if sig[0] != sig[1] else sig[0],
+        seed=seed,
+        minutes=minutes if minutes is not None else (recipe.minutes if epochs is None else None),
+        device=device,
+    )
+    return train(mc, tc, ds, out, resume=resume, progress=progress)
+
+
+def checkpoint_info(folder: str | Path) -> dict[str, Any]:
+    """What `info` shows: config, parameter count, MACs per pixel, gates and stored metrics."""
+    from .checkpoint import load_checkpoint
+    from .model import count_macs, gate_values, parameter_count
+
+    model, meta = load_checkpoint(folder)
+    cfg = model.config
+    macs = count_macs(model, 64, 64)
+    metrics = meta.get("metrics", {})
+    info: dict[str, Any] = {
+        "arch": cfg.arch,
+        "config": cfg.to_dict(),
+        "parameters": parameter_count(model),
+        "macs_per_pixel": round(macs.macs_per_pixel, 1),
+        "gates (shallow→deep)": gate_values(model),
+        "dataset": meta.get("data", {}).get("dataset"),
+        "training": meta.get("training", {}),
+    }
+    for split in ("val", "test"):
+        if split in metrics:
+            info[f"{split} metrics"] = metrics[split]
+    if "train_time_s" in metrics:
+        info["train_time_s"] = metrics["train_time_s"]
+    return info

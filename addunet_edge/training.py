@@ -1,0 +1,448 @@
+"""The multi-task training loop: MSE + lambda * CE, AdamW, warm-up + cosine, checkpoints, exact resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifacts import atomic_write_json, output_lock, read_json
+from .checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from .data import Dataset, EvalSet
+from .errors import CheckpointError, ConfigError
+from .metrics import accuracy, psnr, ssim
+from .model import ModelConfig, build_model, gate_values, parameter_count
+
+LAST = "last"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings, stored in the checkpoint next to the model config."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0  # max global gradient norm
+    cls_weight: float = 0.05  # lambda in L = MSE + lambda * CE; 0 trains denoising alone
+    sigma: tuple[float, float] = (25.0, 25.0)  # noise sigma range (0-255 scale); lo < hi = blind training
+    val_sigma: float = 25.0
+    seed: int = 0
+    minutes: float | None = None  # time budget: the epoch count is derived from the first epoch's time
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", tuple(float(s) for s in self.sigma))
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.cls_weight < 0:
+            raise ConfigError(f"cls_weight must be >= 0, got {self.cls_weight}")
+        if len(self.sigma) != 2 or self.sigma[0] < 0 or self.sigma[1] < self.sigma[0]:
+            raise ConfigError(f"sigma must be (lo, hi) with 0 <= lo <= hi, got {self.sigma}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"minutes must be positive, got {self.minutes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sigma"] = list(self.sigma)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "sigma" in kw:
+            kw["sigma"] = tuple(kw["sigma"])
+        return cls(**kw)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimizer step `step` (0-based): a pure function, so resume needs no scheduler state."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _sigmas(n: int, sigma: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    lo, hi = sigma
+    return np.full(n, lo, np.float32) if lo == hi else rng.uniform(lo, hi, size=n).astype(np.float32)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, noisy: np.ndarray, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `model` over (N, C, H, W) noisy images in batches -> (denoised, logits) as numpy."""
+    was_training = model.training
+    model.eval()
+    outs, logits = [], []
+    for i in range(0, len(noisy), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(noisy[i : i + batch_size])).to(device)
+        d, lg = model(x)
+        outs.append(d.cpu().numpy())
+        logits.append(lg.cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outs), np.concatenate(logits)
+
+
+def evaluate(
+    model: nn.Module, eval_set: EvalSet, sigma: float, seed: int, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """PSNR / SSIM / accuracy of `model` on seeded noisy copies of `eval_set`, plus the noisy input's PSNR."""
+    noisy = eval_set.noisy(sigma, seed)
+    denoised, logits = predict(model, noisy, device=device)
+    out = {
+        "sigma": sigma,
+        "psnr_db": psnr(denoised, eval_set.clean),
+        "ssim": ssim(denoised, eval_set.clean),
+        "noisy_psnr_db": psnr(noisy, eval_set.clean),
+    }
+    if eval_set.labels is not None and logits.shape[1] > 0:
+        out["accuracy"] = accuracy(logits, eval_set.labels)
+    return out
+
+
+class _Dist:
+    """torchrun's environment, if any: rank, world size, and whether this process writes files."""
+
+    def __init__(self, device: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {f"state.{idx}.{k}": v for idx, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"], "state_keys": sorted(sd["state"].keys())}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state().tolist()}
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and write the checkpoint folder `out_dir` (best) and `out_dir/last` (for --resume).
+
+    Every epoch's data order and noise come from a generator seeded by (seed, epoch), so a run resumed
+    at an epoch boundary reproduces the uninterrupted run exactly.
+    """
+    out_dir = Path(out_dir)
+    mc, tc = model_config, train_config
+    if mc.in_channels != dataset.in_channels:
+        raise ConfigError(
+            f"model has {mc.in_channels} input channel(s), dataset {dataset.name} has {dataset.in_channels}"
+        )
+    if mc.num_classes and dataset.num_classes and mc.num_classes != dataset.num_classes:
+        raise ConfigError(f"model has {mc.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}")
+    dist = _Dist(tc.device)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .errors import DeviceError
+
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+    lock = output_lock(out_dir) if dist.main else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        return _train(mc, tc, dataset, out_dir, device, dist, resume, progress)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        dist.close()
+
+
+def _train(
+    mc: ModelConfig,
+    tc: TrainConfig,
+    dataset: Dataset,
+    out_dir: Path,
+    device: torch.device,
+    dist: _Dist,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    torch.manual_seed(tc.seed)
+    model = build_model(mc).to(device)
+    use_cls = mc.num_classes > 0 and tc.cls_weight > 0 and dataset.num_classes > 0
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(len(dataset.train) / (tc.batch_size * dist.world))
+    epochs = tc.epochs
+    start_epoch, step, best = 0, 0, math.inf
+    elapsed_before = 0.0
+    last_dir = out_dir / LAST
+    if resume:
+        state = _load_last(last_dir, model, opt, mc)
+        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best_val_loss"]
+        epochs = state["epochs"]
+        elapsed_before = state.get("elapsed_s", 0.0)
+        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
+    elif dist.main and (out_dir / LOG).exists():
+        (out_dir / LOG).unlink()  # a fresh run starts a fresh log
+    ddp_model: nn.Module = model
+    if dist.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(model)
+
+    description = {
+        "dataset": dataset.name,
+        **dataset.description,
+        "in_channels": dataset.in_channels,
+        "num_classes": dataset.num_classes,
+    }
+    t0 = time.perf_counter() - elapsed_before
+    summary: dict[str, Any] = {}
+    columns = (
+        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not (progress and dist.main), transient=False) as bar:
+        task = bar.add_task("train", total=None, epoch=start_epoch + 1, status="")
+        epoch = start_epoch
+        while epoch < epochs:
+            epoch_start = time.perf_counter()
+            rng = np.random.default_rng([tc.seed, epoch])
+            clean, labels = dataset.train.epoch(rng)
+            sig = _sigmas(len(clean), tc.sigma, rng)
+            noise = rng.standard_normal(clean.shape, dtype=np.float32)
+            noisy = clean + noise * (sig / np.float32(255.0))[:, None, None, None]
+            # Each rank takes its own contiguous share of the same shuffled epoch.
+            share = slice(dist.rank, None, dist.world)
+            clean, noisy = clean[share], noisy[share]
+            labels = labels[share] if labels is not None else None
+            model.train()
+            bar.update(task, total=steps_per_epoch * epochs, completed=step, epoch=f"{epoch + 1}/{epochs}")
+            run_loss, n_batches = 0.0, 0
+            for i in range(0, len(clean), tc.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(noisy[i : i + tc.batch_size])).to(device)
+                y = torch.from_numpy(np.ascontiguousarray(clean[i : i + tc.batch_size])).to(device)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, steps_per_epoch * epochs, tc)
+                denoised, logits = ddp_model(x)
+                loss = F.mse_loss(denoised, y)
+                if use_cls and labels is not None:
+                    lab = torch.from_numpy(labels[i : i + tc.batch_size]).to(device)
+                    loss = loss + tc.cls_weight * F.cross_entropy(logits, lab)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                step += 1
+                run_loss += float(loss.detach())
+                n_batches += 1
+                bar.update(task, completed=step, status=f"loss {run_loss / n_batches:.5f}")
+            epoch_time = time.perf_counter() - epoch_start
+            if tc.minutes is not None and epoch == start_epoch == 0:
+                # First epoch sets how many fit in the budget; stored in last/ so resume keeps it.
+                epochs = max(1, min(tc.epochs, int(tc.minutes * 60 / max(epoch_time, 1e-6))))
+            val = evaluate(model, dataset.val, tc.val_sigma, tc.seed, device)
+            val_loss = _val_loss(model, dataset.val, tc, use_cls, device)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": lr_at(step - 1, steps_per_epoch * epochs, tc),
+                "train_loss": run_loss / max(1, n_batches),
+                "val_loss": val_loss,
+                **{f"val_{k}": v for k, v in val.items() if k != "sigma"},
+                "gates": gate_values(model),
+                "epoch_s": round(epoch_time, 3),
+            }
+            status = f"val {val['psnr_db']:.2f} dB" + (
+                f", acc {100 * val['accuracy']:.1f}%" if "accuracy" in val else ""
+            )
+            bar.update(task, status=status)
+            if dist.main:
+                improved = val_loss < best
+                if improved:
+                    best = val_loss
+                    save_checkpoint(
+                        out_dir,
+                        model,
+                        training=tc.to_dict(),
+                        data=description,
+                        metrics={"epoch": epoch + 1, "val": val, "val_loss": val_loss},
+                    )
+                _append_log(out_dir / LOG, {**record, "best": improved})
+                _save_last(last_dir, model, opt, mc, tc, epoch, epochs, step, best, time.perf_counter() - t0)
+            dist.barrier()
+            summary = record
+            epoch += 1
+
+    total_s = time.perf_counter() - t0
+    if dist.main:
+        best_model, meta = load_checkpoint(out_dir, device=device)
+        test_sigma = tc.val_sigma
+        test = evaluate(best_model, dataset.test, test_sigma, tc.seed + 1, device)
+        meta_metrics = meta.get("metrics", {})
+        meta_metrics["test"] = test
+        meta_metrics["train_time_s"] = round(total_s, 2)
+        meta_metrics["parameters"] = parameter_count(best_model)
+        meta_metrics["gates"] = gate_values(best_model)
+        sections = {k: v for k, v in meta.items() if k in ("training", "data")}
+        save_checkpoint(out_dir, best_model, **sections, metrics=meta_metrics)
+        summary = {"test": test, "train_time_s": total_s, "epochs": epochs, "last": summary}
+    return summary
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, val: EvalSet, tc: TrainConfig, use_cls: bool, device: torch.device) -> float:
+    model.eval()
+    noisy = torch.from_numpy(val.noisy(tc.val_sigma, tc.seed)).to(device)
+    clean = torch.from_numpy(val.clean).to(device)
+    total, n = 0.0, 0
+    for i in range(0, len(noisy), 128):
+        d, lg = model(noisy[i : i + 128])
+        loss = F.mse_loss(d, clean[i : i + 128], reduction="sum") / d[0].numel()
+        if use_cls and val.labels is not None:
+            lab = torch.from_numpy(val.labels[i : i + 128]).to(device)
+            loss = loss + tc.cls_weight * F.cross_entropy(lg, lab, reduction="sum")
+        total += float(loss)
+        n += d.shape[0]
+    model.train()
+    return total / max(1, n)
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    # Appending one line with O_APPEND; a torn last line is skipped by read_log.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch JSON-lines log; a line torn by an interruption is skipped."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _save_last(
+    folder: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    mc: ModelConfig,
+    tc: TrainConfig,
+    epoch: int,
+    epochs: int,
+    step: int,
+    best: float,
+    elapsed_s: float,
+) -> None:
+    """last/: weights and optimizer tensors first, state.json (with their hashes) last, all atomic."""
+    from .artifacts import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors(folder / "model.safetensors", model.state_dict())
+    opt_tensors, opt_info = _optimizer_tensors(opt)
+    save_tensors(folder / "optimizer.safetensors", opt_tensors)
+    atomic_write_json(
+        folder / "state.json",
+        {
+            "model": mc.to_dict(),
+            "training": tc.to_dict(),
+            "epoch": epoch,
+            "epochs": epochs,
+            "step": step,
+            "best_val_loss": best,
+            "elapsed_s": elapsed_s,
+            "optimizer": opt_info,
+            "rng": _rng_state(),
+            "sha256": {
+                "model.safetensors": sha256_file(folder / "model.safetensors"),
+                "optimizer.safetensors": sha256_file(folder / "optimizer.safetensors"),
+            },
+        },
+    )
+
+
+def _load_last(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, mc: ModelConfig) -> dict[str, Any]:
+    from .artifacts import sha256_file
+
+    if not (folder / "state.json").exists():
+        raise CheckpointError(f"nothing to resume: {folder / 'state.json'} does not exist")
+    try:
+        state = read_json(folder / "state.json", what="resume state")
+    except Exception as e:
+        raise CheckpointError(str(e)) from None
+    if ModelConfig.from_dict(state["model"]) != mc:
+        raise CheckpointError(f"{folder} was trained with another model config; resume with the same options")
+    for name, digest in state.get("sha256", {}).items():
+        if not (folder / name).exists() or sha256_file(folder / name) != digest:
+            raise CheckpointError(
+                f"{folder / name} does not match state.json (interrupted while saving?); "
+                "the best checkpoint in the parent folder is intact, start a new run from it or retrain"
+            )
+    model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=True)
+    _load_optimizer(opt, load_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+    return state
+
+
+def model_from_args(arch: str, dataset: Dataset, **overrides: Any) -> ModelConfig:
+    """A ModelConfig for `dataset` (channels, classes) with the given overrides."""
+    kw = {"arch": arch, "in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**kw)
