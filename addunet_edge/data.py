@@ -13,6 +13,7 @@ Images are float32 in [0, 1], channels first: (N, C, H, W). Noise sigma is given
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,16 +152,14 @@ def parse_sigma(text: str | float) -> tuple[float, float]:
     """'25' -> (25, 25); '5-55' or '5:55' -> (5, 55): a range means blind training."""
     if isinstance(text, (int, float)):
         return float(text), float(text)
-    s = str(text).replace(":", "-").strip()
-    try:
-        parts = [float(p) for p in s.split("-") if p.strip()]
-    except ValueError:
-        raise DataError(f"sigma must be a number or a range like 5-55, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or parts[0] < 0 or parts[1] < parts[0]:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:[-:]\s*(\d+(?:\.\d*)?))?\s*", str(text))
+    if match is None:
         raise DataError(f"sigma must be a number or a range like 5-55, got {text!r}")
-    return parts[0], parts[1]
+    lo = float(match.group(1))
+    hi = float(match.group(2)) if match.group(2) else lo
+    if hi < lo:
+        raise DataError(f"sigma range must go from low to high, got {text!r}")
+    return lo, hi
 
 
 # -- splits ------------------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""`run` (denoise images, videos and camera streams with any artifact) and `deepstream-config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..artifacts import atomic_write_text, output_lock
+from ..errors import ConfigError
+from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary, deepstream_config
+from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console, parse_sizes
+
+_RUN_HELP_PARAGRAPHS = (
+    "Denoise (and classify) images, videos and camera streams with a checkpoint, .onnx or .plan.",
+    "INPUT is any mix of: image files (PNG, JPEG, TIFF; 8- or 16-bit; gray or RGB), folders of them (searched "
+    "recursively), video files, a camera (an index such as 0, or /dev/video0), an RTSP URL, or a GStreamer "
+    "pipeline (needs an OpenCV built with GStreamer). Video and cameras need "
+    "`pip install 'addunet-edge\\[camera]'`.",
+    "Outputs keep their input's name under --out: out/<stem>.png (a folder keeps its relative paths; JPEG is "
+    "written as PNG; PNG and TIFF keep their format and bit depth), out/<stem>.mp4 for a video, "
+    "out/camera0.mp4 for a camera. Per-frame class and confidence (softmax of the logits) go to "
+    "out/predictions.csv or .jsonl (not for denoise-only models); out/run_summary.json lists what was "
+    "processed and skipped.",
+    "Colour rule: a gray (1-channel) model on an RGB frame denoises the luma Y = 0.299 R + 0.587 G + 0.114 B "
+    "(BT.601) and keeps the chroma; a 3-channel model on a gray frame sees the gray replicated, and its "
+    "output is turned back to gray with the same weights. Alpha is passed through.",
+    "Large frames are cut into tiles that fit the engine's profile, sharing --overlap pixels and blended; "
+    "tiling is exact for a model whose receptive-field radius is at most overlap/4.",
+    "Robustness: a file or frame that cannot be read is reported and skipped. Every image is written "
+    "atomically; a video is written to a hidden temporary file and renamed when done. On Ctrl-C the video "
+    "being written is closed and kept (a camera recording ends that way) and is listed as partial.",
+)
+RUN_HELP = "\n\n".join(_RUN_HELP_PARAGRAPHS)
+
+
+def _engine_options(artifact: Path, device: str, threads: int) -> dict[str, Any]:
+    """Map the shared --device / --threads options onto what each backend takes."""
+    from ..engines import backend_for
+
+    backend = backend_for(artifact)
+    if backend == "torch":
+        return {"device": device, "threads": threads}
+    if backend == "onnxruntime":
+        return {"providers": ("cuda", "cpu") if device.startswith("cuda") else ("cpu",), "threads": threads}
+    if device == "cpu":
+        raise ConfigError("a TensorRT plan runs on a GPU: pass --device cuda or cuda:N")
+    index = device.partition(":")[2]
+    if index and not index.isdigit():
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return {"device": int(index or 0)}
+
+
+def _print_summary(summary: RunSummary, out: Path) -> None:
+    table = Table(title=f"run: {out}", show_header=False, box=None)
+    table.add_row("processed", str(len(summary.processed)))
+    table.add_row("frames", str(summary.frames))
+    table.add_row("frames per second", f"{summary.fps:.2f}")
+    table.add_row("skipped", str(len(summary.skipped)))
+    if summary.partial:
+        table.add_row("partial (interrupted)", ", ".join(summary.partial))
+    console.print(table)
+    for source, reason in summary.skipped:
+        text = reason if reason.startswith(f"{source}:") else f"{source}: {reason}"
+        err_console.print(f"[yellow]skipped[/] {escape(text)}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "run", help=RUN_HELP)
+    def run(
+        artifact: Annotated[Path, typer.Argument(help="Checkpoint folder, .onnx or .plan.")],
+        inputs: Annotated[
+            list[str],
+            typer.Argument(help="Images, folders, videos, camera index, /dev/videoN, URL, pipeline."),
+        ],
+        out: OutDir,
+        tile: Annotated[
+            int | None,
+            typer.Option("--tile", help="Tile size in pixels (default: whole frames if they fit)."),
+        ] = None,
+        overlap: Annotated[
+            int,
+            typer.Option("--overlap", help="Pixels shared by neighbouring tiles (>= 4x receptive radius)."),
+        ] = DEFAULT_OVERLAP,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles or frames per engine call.")] = 4,
+        predictions: Annotated[
+            str, typer.Option("--predictions", help="Per-frame class file: csv | jsonl | none.")
+        ] = "csv",
+        side_by_side: Annotated[
+            bool, typer.Option("--side-by-side", help="Also write input | denoised under out/side_by_side/.")
+        ] = False,
+        max_frames: Annotated[
+            int | None, typer.Option("--max-frames", help="Stop each video or stream after this many frames.")
+        ] = None,
+        threads: ThreadsOpt = 0,
+        device: DeviceOpt = "cpu",
+    ) -> None:
+        from ..engines import open_engine
+
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
+        options = _engine_options(artifact, device, threads)
+        with output_lock(out), open_engine(artifact, **options) as engine:
+            denoiser = FrameDenoiser(engine, tile=tile, overlap=overlap, batch_size=batch_size)
+            progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed} frames"),
+                TextColumn("{task.fields[fps]:.1f} fps"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
+            task = progress.add_task("denoising", total=None, fps=0.0)
+
+            def on_frame(source: str, frames: int, _total: int | None) -> None:
+                elapsed = progress.tasks[task].elapsed or 0.0
+                fps = frames / elapsed if elapsed > 0 else 0.0
+                progress.update(task, completed=frames, description=Path(source).name[-40:], fps=fps)
+
+            runner = MediaRunner(
+                denoiser,
+                out,
+                predictions=predictions,
+                side_by_side=side_by_side,
+                max_frames=max_frames,
+                on_frame=on_frame,
+            )
+            try:
+                with progress:
+                    runner.run(inputs)
+            finally:
+                _print_summary(runner.summary, out)
+        if not runner.summary.processed:
+            raise typer.Exit(code=1)
+
+    @command(app, "deepstream-config")
+    def deepstream_config_cmd(
+        plan: Annotated[Path, typer.Argument(help="A TensorRT .plan built by `addunet-edge build`.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="The nvinfer configuration file to write.")],
+        batch_size: Annotated[
+            int | None, typer.Option("--batch-size", help="nvinfer batch size (default: the profile's opt).")
+        ] = None,
+        size: Annotated[
+            str | None,
+            typer.Option("--size", help="Network input HxW for nvinfer (default: the profile's opt)."),
+        ] = None,
+        gpu_id: Annotated[int, typer.Option("--gpu-id", help="GPU that nvinfer runs on.")] = 0,
+    ) -> None:
+        """Write a DeepStream Gst-nvinfer configuration for a plan (raw outputs attached as tensor meta)."""
+        size_hw = None
+        if size is not None:
+            sizes = parse_sizes(size)
+            if len(sizes) != 1:
+                raise typer.BadParameter("--size takes one HxW")
+            size_hw = sizes[0]
+        text = deepstream_config(plan, batch_size=batch_size, size_hw=size_hw, gpu_id=gpu_id)
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")

@@ -1,0 +1,495 @@
+"""Builds a TensorRT plan from a precision ONNX: strongly typed, one profile, atomic plan + manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from .._lazy import require
+from ..artifacts import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from ..errors import ArtifactError, ConfigError, DeviceError
+from .base import INPUT_NAME, OUTPUT_NAMES, InputProfile
+
+PLAN_KIND = "tensorrt-plan"
+PRECISIONS = ("fp32", "fp16", "int8")
+_MAX_OPTIMIZATION_LEVEL = 5
+_LOG_TAIL = 20
+
+Size = tuple[int, int]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The optimization profile
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildProfile:
+    """min / opt / max of the batch and of (height, width) for input 'noisy'; TensorRT tunes for opt."""
+
+    batch: tuple[int, int, int] = (1, 1, 8)
+    sizes: tuple[Size, Size, Size] = ((64, 64), (256, 256), (1024, 1024))
+
+    def __post_init__(self) -> None:
+        if len(self.batch) != 3 or len(self.sizes) != 3 or any(len(s) != 2 for s in self.sizes):
+            raise ConfigError(f"a profile needs min, opt and max of batch and HxW, got {self.batch} {self.sizes}")
+        values = [*self.batch, *(d for s in self.sizes for d in s)]
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+            raise ConfigError(f"profile values must be integers, got batch {self.batch}, sizes {self.sizes}")
+        if min(values) < 1:
+            raise ConfigError(f"profile values must be at least 1, got batch {self.batch}, sizes {self.sizes}")
+        axes = {
+            "batch": self.batch,
+            "height": tuple(s[0] for s in self.sizes),
+            "width": tuple(s[1] for s in self.sizes),
+        }
+        for axis, (lo, opt, hi) in axes.items():
+            if not lo <= opt <= hi:
+                raise ConfigError(f"profile {axis} must satisfy min <= opt <= max, got {lo}, {opt}, {hi}")
+
+    @classmethod
+    def parse(cls, batch: str, sizes: str) -> BuildProfile:
+        """From CLI text: batch '1,4,8' (or '4': fixed), sizes '64x64,256x256,1024x1024' (or '256x256')."""
+        try:
+            b = tuple(int(v) for v in batch.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"batch profile must look like 1,4,8 (min,opt,max), got {batch!r}") from None
+        s = tuple(_parse_size(part) for part in sizes.split(",") if part.strip())
+        if len(b) == 1:
+            b = b * 3
+        if len(s) == 1:
+            s = s * 3
+        if len(b) != 3:
+            raise ConfigError(f"batch profile needs 1 or 3 values (min,opt,max), got {batch!r}")
+        if len(s) != 3:
+            raise ConfigError(f"size profile needs 1 or 3 sizes (min,opt,max), got {sizes!r}")
+        return cls(batch=b, sizes=s)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildProfile:
+        try:
+            return cls(batch=tuple(d["batch"]), sizes=tuple(tuple(s) for s in d["sizes"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"malformed profile in manifest: {d!r} ({e})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": list(self.batch), "sizes": [list(s) for s in self.sizes]}
+
+    def shapes(self, channels: int) -> tuple[tuple[int, int, int, int], ...]:
+        """(min, opt, max) NCHW shapes of 'noisy'."""
+        return tuple((n, channels, h, w) for n, (h, w) in zip(self.batch, self.sizes, strict=True))
+
+    def check_multiple(self, multiple: int) -> None:
+        if multiple > 1 and any(d % multiple for s in self.sizes for d in s):
+            raise ConfigError(
+                f"this model needs height and width multiples of {multiple}; profile sizes are {self.sizes}"
+            )
+
+    def to_input_profile(self, channels: int, size_multiple: int = 1) -> InputProfile:
+        (lo_b, opt_b, hi_b), (lo_s, opt_s, hi_s) = self.batch, self.sizes
+        return InputProfile(
+            channels=channels,
+            min_batch=lo_b,
+            max_batch=hi_b,
+            min_hw=tuple(lo_s),  # type: ignore[arg-type]
+            max_hw=tuple(hi_s),  # type: ignore[arg-type]
+            fixed_hw=tuple(lo_s) if lo_s == hi_s else None,  # type: ignore[arg-type]
+            size_multiple=size_multiple,
+            opt_batch=opt_b,
+            opt_hw=tuple(opt_s),  # type: ignore[arg-type]
+        )
+
+
+def _parse_size(text: str) -> Size:
+    try:
+        h, w = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size must look like 256x256 (height x width), got {text.strip()!r}") from None
+    return (h, w)
+
+
+# --------------------------------------------------------------------------------------------------------
+# TensorRT callbacks: log and progress (classes made on first use, since tensorrt is imported lazily)
+# --------------------------------------------------------------------------------------------------------
+def _make_logger(trt: Any) -> Any:
+    class BuildLogger(trt.ILogger):
+        """Keeps TensorRT's messages (INFO and above) for build.log; may be called from builder threads."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.start = time.perf_counter()
+            self.lines: list[str] = []
+            self.errors: list[str] = []
+            self._lock = threading.Lock()
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = getattr(severity, "name", str(severity)).split(".")[-1]
+            if level == "VERBOSE":
+                return
+            with self._lock:
+                self.lines.append(f"[{time.perf_counter() - self.start:8.2f}s] {level}: {msg}")
+                if level in ("ERROR", "INTERNAL_ERROR"):
+                    self.errors.append(msg)
+
+    return BuildLogger()
+
+
+def _make_monitor(trt: Any, progress: Progress, cancel: threading.Event) -> Any:
+    class BuildMonitor(trt.IProgressMonitor):
+        """One rich progress bar per builder phase, indented under its parent phase."""
+
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._tasks: dict[str, Any] = {}
+            self._depth: dict[str, int] = {}
+            self._lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
+                self._depth[phase_name] = depth
+                self._tasks[phase_name] = progress.add_task("  " * depth + phase_name, total=num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                if phase_name in self._tasks:
+                    progress.update(self._tasks[phase_name], completed=step + 1)
+            return not cancel.is_set()  # False asks TensorRT to cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                task = self._tasks.pop(phase_name, None)
+                self._depth.pop(phase_name, None)
+                if task is not None:
+                    progress.remove_task(task)
+
+    return BuildMonitor()
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
+    """Turn Ctrl-C into a cancel request the progress monitor hands to TensorRT, which then stops cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The build
+# --------------------------------------------------------------------------------------------------------
+def _major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _checked(value: Any, what: str) -> Any:
+    if value is None:
+        raise DeviceError(f"TensorRT returned nothing from {what}; see the build log for TensorRT's reason")
+    return value
+
+
+def _detected_precision(trt: Any, network: Any) -> str:
+    """What the parsed ONNX computes in: Q/DQ layers mean int8, float16 tensors fp16, else fp32."""
+    half = False
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.QUANTIZE:
+            return "int8"
+        half = half or any(layer.get_output(j).dtype == trt.DataType.HALF for j in range(layer.num_outputs))
+    return "fp16" if half else "fp32"
+
+
+def _default_name(onnx_path: Path) -> str:
+    stem = onnx_path.name.removesuffix(".onnx")
+    for precision in PRECISIONS:
+        stem = stem.removesuffix(f".{precision}")
+    return stem
+
+
+def _validate_options(
+    precision: str,
+    workspace_mib: int | None,
+    optimization_level: int | None,
+    dla_core: int | None,
+    hardware_compatible: bool,
+) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if workspace_mib is not None and workspace_mib < 1:
+        raise ConfigError(f"workspace must be at least 1 MiB, got {workspace_mib}")
+    if optimization_level is not None and not 0 <= optimization_level <= _MAX_OPTIMIZATION_LEVEL:
+        raise ConfigError(f"optimization level must be 0..{_MAX_OPTIMIZATION_LEVEL}, got {optimization_level}")
+    if dla_core is not None:
+        if dla_core < 0:
+            raise ConfigError(f"DLA core must be >= 0, got {dla_core}")
+        if precision == "fp32":
+            raise ConfigError("DLA runs fp16 and int8 only: build the fp16 or int8 ONNX for a DLA core")
+        if hardware_compatible:
+            raise ConfigError("a DLA plan cannot be hardware-compatible: drop one of the two options")
+
+
+def build_plan(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    *,
+    precision: str,
+    name: str | None = None,
+    profile: BuildProfile,
+    workspace_mib: int | None = None,
+    timing_cache: Path | None = None,
+    optimization_level: int | None = None,
+    dla_core: int | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
+    log_dir: Path | None = None,
+    device: int = 0,
+    console: Console | None = None,
+) -> Path:
+    """Build `<out_dir>/<name>.<precision>.plan` (+ manifest, + `<name>.<precision>.build.log`) from an ONNX.
+
+    The precision is the ONNX's own (fp32, float16 compute, or Q/DQ int8): the network is strongly typed
+    and no precision flag or calibrator is used. Returns the plan's path.
+    """
+    _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible)
+    trt = require("tensorrt", "Building a TensorRT plan")
+    from .tensorrt import gpu_identity  # here, not at the top: tensorrt.py imports this module
+
+    gpu_name, compute_capability = gpu_identity(device)
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if not onnx_path.is_file():
+        raise ArtifactError(f"ONNX file not found: {onnx_path}")
+    source_manifest = read_manifest(onnx_path, verify_hash=True, required=False) or {}
+    if source_manifest.get("precision") not in (None, precision):
+        raise ConfigError(
+            f"{onnx_path.name} is a {source_manifest['precision']} model by its manifest; build it with "
+            f"--precision {source_manifest['precision']} or pass the {precision} ONNX"
+        )
+    if source_manifest.get("target") == "cpu":
+        raise ConfigError(
+            f"{onnx_path.name} was quantized for the CPU (unsigned int8 activations), which TensorRT cannot "
+            "run: calibrate again with --target tensorrt"
+        )
+    size_multiple = int(source_manifest.get("size_multiple", 1))
+    profile.check_multiple(size_multiple)
+    if hardware_compatible and tuple(int(v) for v in compute_capability.split(".")) < (8, 0):
+        raise DeviceError(f"hardware-compatible plans need an Ampere or newer GPU; {gpu_name} is {compute_capability}")
+
+    stem = f"{name or _default_name(onnx_path)}.{precision}"
+    plan_path = out_dir / f"{stem}.plan"
+    log_path = Path(log_dir or out_dir) / f"{stem}.build.log"
+    options = {
+        "workspace_mib": workspace_mib,
+        "optimization_level": optimization_level,
+        "dla_core": dla_core,
+        "gpu_fallback": dla_core is not None,
+        "version_compatible": version_compatible,
+        "hardware_compatible": hardware_compatible,
+        "timing_cache": str(timing_cache) if timing_cache else None,
+    }
+    source_sha256 = sha256_file(onnx_path)
+    logger = _make_logger(trt)
+    header = [
+        f"addunet-edge build: {onnx_path} (sha256 {source_sha256}) -> {plan_path}",
+        f"TensorRT {trt.__version__} on {gpu_name} (compute capability {compute_capability})",
+        f"precision {precision} (strongly typed); profile {profile.to_dict()}; options {options}",
+    ]
+    start = time.perf_counter()
+    outcome = "failed"
+    try:
+        serialized, io = _build(
+            trt,
+            logger,
+            onnx_path,
+            precision,
+            profile,
+            options,
+            dla_core,
+            timing_cache,
+            console,
+            plan_path.name,
+        )
+        outcome = "ok"
+    finally:
+        seconds = time.perf_counter() - start
+        footer = f"build {outcome} in {seconds:.1f} s"
+        atomic_write_text(log_path, "\n".join([*header, *logger.lines, footer]) + "\n")
+
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(memoryview(serialized))
+    write_manifest(
+        plan_path,
+        kind=PLAN_KIND,
+        precision=precision,
+        strongly_typed=True,
+        tensorrt_version=trt.__version__,
+        gpu={"name": gpu_name, "compute_capability": compute_capability},
+        profile=profile.to_dict(),
+        channels=io["channels"],
+        num_classes=io["num_classes"] if io["num_classes"] is not None else source_manifest.get("num_classes"),
+        size_multiple=size_multiple,
+        io_dtypes=io["dtypes"],
+        source=onnx_path.name,
+        source_sha256=source_sha256,
+        options=options,
+        build_seconds=round(seconds, 2),
+        build_log=str(log_path),
+    )
+    return plan_path
+
+
+def _build(
+    trt: Any,
+    logger: Any,
+    onnx_path: Path,
+    precision: str,
+    profile: BuildProfile,
+    options: dict[str, Any],
+    dla_core: int | None,
+    timing_cache: Path | None,
+    console: Console | None,
+    label: str,
+) -> tuple[Any, dict[str, Any]]:
+    builder = _checked(trt.Builder(logger), "trt.Builder")
+    # TensorRT 10.x: strong typing is opted into with this creation flag ("Strongly Typed Networks", 10.x
+    # developer guide). TensorRT 11.x: every network is strongly typed and the flag is deprecated
+    # ("TensorRT 11.0.0 Release Notes": createNetworkV2() is strongly typed by default).
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if _major(trt) < 11 else 0
+    network = _checked(builder.create_network(flags), "create_network")
+    parser = _checked(trt.OnnxParser(network, logger), "OnnxParser")
+    # parse_from_file (not parse) so external weight files beside the ONNX are found.
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ArtifactError(f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(errors or ["(no detail)"]))
+    io = _network_io(trt, network, onnx_path)
+    detected = _detected_precision(trt, network)
+    if detected != precision:
+        raise ConfigError(
+            f"{onnx_path.name} computes in {detected} (TensorRT reads the precision from the ONNX), but "
+            f"--precision {precision} was asked: pass the {precision} ONNX or --precision {detected}"
+        )
+
+    config = _checked(builder.create_builder_config(), "create_builder_config")
+    opt_profile = _checked(builder.create_optimization_profile(), "create_optimization_profile")
+    opt_profile.set_shape(INPUT_NAME, *profile.shapes(io["channels"]))
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ConfigError(f"TensorRT rejected the optimization profile {profile.to_dict()}")
+    if options["workspace_mib"] is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace_mib"] << 20)
+    if options["optimization_level"] is not None:
+        config.builder_optimization_level = options["optimization_level"]
+    if dla_core is not None:
+        _configure_dla(trt, builder, config, dla_core)
+    if options["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options["hardware_compatible"]:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    cache = _load_timing_cache(config, timing_cache, logger)
+
+    console = console or Console(stderr=True)
+    cancel = threading.Event()
+    has_monitor = hasattr(trt, "IProgressMonitor")
+    columns = (
+        [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
+        if has_monitor
+        else [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+    )
+    with Progress(*columns, console=console, transient=True) as progress, _cancel_on_sigint(cancel):
+        progress.add_task(f"building {label}", total=None)
+        if has_monitor:
+            monitor = _make_monitor(trt, progress, cancel)
+            config.progress_monitor = monitor  # must outlive the build: kept referenced until here
+        serialized = builder.build_serialized_network(network, config)
+    if cancel.is_set():
+        raise KeyboardInterrupt
+    if serialized is None:
+        tail = "\n".join(logger.errors[-_LOG_TAIL:]) or "(TensorRT logged no error)"
+        raise ArtifactError(f"TensorRT could not build {label}:\n{tail}")
+    if cache is not None and timing_cache is not None:
+        updated = _checked(config.get_timing_cache(), "get_timing_cache")
+        atomic_write_bytes(timing_cache, bytes(memoryview(_checked(updated.serialize(), "serialize"))))
+    return serialized, io
+
+
+def _parser_error(error: Any) -> str:
+    node = getattr(error, "node_name", lambda: "")() or str(error.node())
+    operator = getattr(error, "node_operator", lambda: "")()
+    where = f"node {node}" + (f" ({operator})" if operator else "")
+    return f"  {where}: {error.desc()}"
+
+
+def _network_io(trt: Any, network: Any, onnx_path: Path) -> dict[str, Any]:
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    outputs = {network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)}
+    if set(inputs) != {INPUT_NAME} or not set(OUTPUT_NAMES) <= set(outputs):
+        raise ArtifactError(
+            f"{onnx_path.name} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected input "
+            f"{INPUT_NAME!r} and outputs {OUTPUT_NAMES}: export it with `addunet-edge export`"
+        )
+    in_shape = tuple(inputs[INPUT_NAME].shape)
+    if len(in_shape) != 4 or in_shape[1] < 1:
+        raise ArtifactError(f"{onnx_path.name}: input {INPUT_NAME!r} must be (N, C, H, W) with fixed C, got {in_shape}")
+    logits_shape = tuple(outputs["logits"].shape)
+    return {
+        "channels": int(in_shape[1]),
+        "num_classes": int(logits_shape[-1]) if logits_shape and logits_shape[-1] >= 0 else None,
+        "dtypes": {t.name: str(t.dtype).split(".")[-1] for t in (*inputs.values(), *outputs.values())},
+    }
+
+
+def _configure_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
+    cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
+    if cores == 0:
+        reason = f"TensorRT {trt.__version__} reports no DLA core here (DLA exists on Jetson AGX/NX Orin)"
+        if _major(trt) >= 11:
+            # "Working with DLA" (TensorRT 11.4.1 docs): no DLA in 11.0-11.3; back in 11.4.1 on AGX Orin only.
+            reason += "; TensorRT 11.0-11.3 have no DLA, 11.4.1+ supports it on Jetson AGX Orin with JetPack 7.2.2+"
+        raise DeviceError(f"cannot build for DLA core {dla_core}: {reason}. Build without --dla-core to use the GPU")
+    if dla_core >= cores:
+        raise DeviceError(f"DLA core {dla_core} requested, this machine has {cores} (0..{cores - 1})")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _load_timing_cache(config: Any, path: Path | None, logger: Any) -> Any:
+    if path is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
+    cache = _checked(config.create_timing_cache(data), "create_timing_cache")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: start afresh rather than fail the build.
+        logger.log("WARNING", f"timing cache {path} does not match this GPU/TensorRT; starting a new one")
+        cache = _checked(config.create_timing_cache(b""), "create_timing_cache")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache

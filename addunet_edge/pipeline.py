@@ -1,0 +1,731 @@
+"""Frame-level inference: any frame size through any engine, by tiling with overlap, blending and batching.
+
+Colour rule (also in `run --help`):
+  * a model trained on gray (1 channel) applied to an RGB frame denoises the luma only: Y = 0.299 R + 0.587 G
+    + 0.114 B (ITU-R BT.601); the chroma (Cb, Cr) is kept, so each of R, G, B moves by the same Y' - Y;
+  * a 3-channel model applied to a gray frame sees the gray value replicated to R, G and B, and its output
+    is turned back into gray with the same BT.601 weights;
+  * an alpha channel (gray+alpha, RGBA) is passed through untouched.
+Frames are uint8, uint16 (scaled by 255 or 65535) or float in [0, 1]; the result has the input's dtype and
+shape.
+
+Tiling: tiles of one size (so they batch) are spread evenly over the frame, adjacent tiles sharing at least
+`overlap` pixels. Each tile's output is weighted by a window that is 0 for the `overlap // 4` pixels next to
+an inner tile edge, rises as a raised cosine over the middle half of the overlap and is 1 elsewhere; the
+weighted outputs are averaged. So a model whose receptive-field radius is at most `overlap // 4` gives the
+same result tiled as whole (zero padding at a tile edge never reaches a pixel that is used), and the smooth
+ramp hides what is left for models with wider, decaying receptive fields. Multi-scale models need tile
+origins on a multiple of their `size_multiple`; the frame is edge-padded to such a multiple and every tile
+starts on one. The class of a tiled frame comes from the mean of its tiles' logits.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import media
+from .artifacts import atomic_write_json, atomic_write_text
+from .engines.base import INPUT_NAME, OUTPUT_NAMES, Engine, InputProfile
+from .errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
+
+BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+DEFAULT_OVERLAP = 32
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's output: `denoised` has the input's shape and dtype; class fields are None for K = 0."""
+
+    denoised: np.ndarray
+    class_index: int | None
+    confidence: float | None
+    probabilities: np.ndarray | None
+    tiles: int
+
+
+# -- pixel conversion and the colour rule --------------------------------------------------------------------
+def to_unit_float(frame: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 / float frame -> float32 in [0, 1], same shape."""
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32) / 255.0
+    if frame.dtype == np.uint16:
+        return frame.astype(np.float32) / 65535.0
+    if np.issubdtype(frame.dtype, np.floating):
+        x = frame.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise ShapeError("frame contains NaN or infinite values")
+        if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+            raise ShapeError(f"float frames must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        return np.clip(x, 0.0, 1.0)
+    raise ShapeError(f"frames must be uint8, uint16 or float in [0, 1], got {frame.dtype}")
+
+
+def from_unit_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float in [0, 1] -> `dtype` (rounded and clipped for integers)."""
+    x = np.clip(x, 0.0, 1.0)
+    if dtype == np.uint8:
+        return np.rint(x * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.rint(x * 65535.0).astype(np.uint16)
+    return x.astype(dtype)
+
+
+def _split_channels(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W[, C]) float -> colour planes (C, H, W) with C in {1, 3}, and the alpha plane (H, W) or None."""
+    if frame.ndim == 2:
+        return frame[None], None
+    if frame.ndim != 3:
+        raise ShapeError(f"a frame must be (H, W) or (H, W, C), got shape {frame.shape}")
+    c = frame.shape[2]
+    if c == 1:
+        return frame[..., 0][None], None
+    if c == 2:
+        return frame[..., 0][None], frame[..., 1]
+    if c == 3:
+        return frame.transpose(2, 0, 1), None
+    if c == 4:
+        return frame[..., :3].transpose(2, 0, 1), frame[..., 3]
+    raise ShapeError(f"a frame must have 1 to 4 channels, got {c}")
+
+
+def to_model_channels(planes: np.ndarray, model_channels: int) -> np.ndarray:
+    """Colour planes (C, H, W) -> the model's channels, by the module's colour rule."""
+    c = planes.shape[0]
+    if c == model_channels:
+        return planes
+    if model_channels == 1 and c == 3:
+        return np.tensordot(BT601_LUMA, planes, axes=1)[None]
+    if model_channels == 3 and c == 1:
+        return np.repeat(planes, 3, axis=0)
+    raise ShapeError(f"cannot feed a {c}-channel frame to a {model_channels}-channel model")
+
+
+def from_model_channels(planes_in: np.ndarray, model_in: np.ndarray, model_out: np.ndarray) -> np.ndarray:
+    """Model output -> colour planes of the frame: luma delta on RGB, or the luma of an RGB output."""
+    c, m = planes_in.shape[0], model_out.shape[0]
+    if c == m:
+        return model_out
+    if m == 1 and c == 3:
+        return planes_in + (model_out - model_in)  # R, G, B each move by Y' - Y: Cb and Cr are unchanged
+    if m == 3 and c == 1:
+        return np.tensordot(BT601_LUMA, model_out, axes=1)[None]
+    raise ShapeError(f"cannot map a {m}-channel output back to a {c}-channel frame")
+
+
+# -- tiling ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one frame lie, on the frame padded (edge mode, bottom/right) to `padded_hw`."""
+
+    frame_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
+    tile_hw: tuple[int, int]
+    starts_y: tuple[int, ...]
+    starts_x: tuple[int, ...]
+    overlap: int
+
+    @property
+    def count(self) -> int:
+        return len(self.starts_y) * len(self.starts_x)
+
+    def origins(self) -> list[tuple[int, int]]:
+        return [(y, x) for y in self.starts_y for x in self.starts_x]
+
+
+def _round_up(v: int, k: int) -> int:
+    return -(-v // k) * k
+
+
+def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, ...]:
+    """Tile origins on one axis: evenly spread, on multiples of `multiple`, neighbours sharing >= overlap."""
+    if length <= tile:
+        return (0,)
+    if overlap >= tile:
+        raise ConfigError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    span = length - tile
+    n = max(2, math.ceil((length - overlap) / (tile - overlap)))
+    while True:
+        starts = [(round(i * span / (n - 1)) // multiple) * multiple for i in range(n)]
+        starts[-1] = span
+        if all(b - a <= tile - overlap for a, b in itertools.pairwise(starts)):
+            return tuple(starts)
+        n += 1
+
+
+def window_1d(tile: int, overlap: int, inner_start: bool, inner_end: bool) -> np.ndarray:
+    """Blending weights along one axis of a tile: 0 near an inner edge, cosine ramp, 1 in the middle."""
+    w = np.ones(tile, dtype=np.float32)
+    margin = overlap // 4
+    ramp_len = overlap - 2 * margin
+    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_len, dtype=np.float32) + 0.5) / max(ramp_len, 1))
+    edge = np.concatenate([np.zeros(margin, np.float32), ramp]) if overlap > 0 else np.zeros(0, np.float32)
+    edge = edge[:tile]
+    if inner_start:
+        w[: edge.size] *= edge
+    if inner_end:
+        w[tile - edge.size :] *= edge[::-1]
+    return w
+
+
+def plan_tiles(
+    frame_hw: tuple[int, int], profile: InputProfile, tile: int | None, overlap: int = DEFAULT_OVERLAP
+) -> TilePlan:
+    """Choose the tile size for a frame and an engine profile (fixed_hw, max_hw, min_hw, size_multiple).
+
+    tile=None runs the whole frame when the profile allows it, else the largest tile it allows.
+    """
+    h, w = frame_hw
+    if overlap < 0:
+        raise ConfigError(f"overlap must be >= 0, got {overlap}")
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
+    if tile is not None and overlap >= tile:
+        raise ConfigError(f"overlap ({overlap}) must be smaller than the tile ({tile}); a quarter of it is usual")
+    k = max(1, profile.size_multiple)
+    min_h, min_w = profile.min_hw
+    if profile.fixed_hw is not None:
+        if tile is not None and (tile, tile) != tuple(profile.fixed_hw):
+            raise ConfigError(
+                f"the engine takes only {profile.fixed_hw[0]}x{profile.fixed_hw[1]} inputs; omit --tile or "
+                f"rebuild it with a dynamic profile (asked for tile {tile})"
+            )
+        th, tw = profile.fixed_hw
+        if overlap >= min(th, tw):
+            raise ConfigError(f"overlap ({overlap}) must be smaller than the engine's fixed input {th}x{tw}")
+        ph, pw = max(h, th), max(w, tw)
+    else:
+        whole_fits = profile.max_hw is None or (h <= profile.max_hw[0] and w <= profile.max_hw[1])
+        if tile is None and whole_fits:
+            # Whole frame: the engine pads to its size multiple itself; only a too-small frame is padded here.
+            ph, pw = max(h, min_h), max(w, min_w)
+            return TilePlan((h, w), (ph, pw), (ph, pw), (0,), (0,), overlap)
+        if tile is None:  # the frame exceeds max_hw (else it would have run whole): largest allowed tile
+            max_hw = profile.max_hw or (h, w)
+            th, tw = (max_hw[0] // k) * k, (max_hw[1] // k) * k
+        else:
+            if tile % k:
+                raise ConfigError(f"tile must be a multiple of the engine's size multiple {k}, got {tile}")
+            if profile.max_hw is not None and (tile > profile.max_hw[0] or tile > profile.max_hw[1]):
+                raise ConfigError(
+                    f"tile {tile} exceeds the engine's maximum input {profile.max_hw[0]}x{profile.max_hw[1]}"
+                )
+            th = tw = tile
+        ph, pw = max(_round_up(h, k), _round_up(min_h, k)), max(_round_up(w, k), _round_up(min_w, k))
+        th, tw = min(th, ph), min(tw, pw)
+        if th < min_h or tw < min_w:
+            raise ConfigError(f"tile {th}x{tw} is smaller than the engine's minimum input {min_h}x{min_w}")
+    sy = axis_starts(ph, th, overlap, k)
+    sx = axis_starts(pw, tw, overlap, k)
+    return TilePlan((h, w), (ph, pw), (th, tw), sy, sx, overlap)
+
+
+def pad_to(planes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) -> (C, *hw) by repeating the last row / column (the model's own padding mode)."""
+    dh, dw = hw[0] - planes.shape[1], hw[1] - planes.shape[2]
+    if dh == 0 and dw == 0:
+        return planes
+    return np.pad(planes, ((0, 0), (0, dh), (0, dw)), mode="edge")
+
+
+def extract_tiles(planes: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """(C, H, W) -> (n_tiles, C, th, tw)."""
+    padded = pad_to(planes, plan.padded_hw)
+    th, tw = plan.tile_hw
+    return np.stack([padded[:, y : y + th, x : x + tw] for y, x in plan.origins()])
+
+
+def blend_tiles(tiles: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """(n_tiles, C, th, tw) -> (C, H, W): window-weighted average, cropped to the frame."""
+    if plan.count == 1:
+        return tiles[0][:, : plan.frame_hw[0], : plan.frame_hw[1]]
+    th, tw = plan.tile_hw
+    ph, pw = plan.padded_hw
+    acc = np.zeros((tiles.shape[1], ph, pw), dtype=np.float32)
+    weight = np.zeros((ph, pw), dtype=np.float32)
+    wy = {y: window_1d(th, plan.overlap, y > 0, y + th < ph) for y in plan.starts_y}
+    wx = {x: window_1d(tw, plan.overlap, x > 0, x + tw < pw) for x in plan.starts_x}
+    for tile_out, (y, x) in zip(tiles, plan.origins(), strict=True):
+        w2 = np.outer(wy[y], wx[x])
+        acc[:, y : y + th, x : x + tw] += tile_out * w2
+        weight[y : y + th, x : x + tw] += w2
+    # Every pixel has weight > 0: neighbours share >= overlap pixels, and each zeroes only overlap // 4.
+    return (acc / np.maximum(weight, 1e-12))[:, : plan.frame_hw[0], : plan.frame_hw[1]]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# -- the frame denoiser ------------------------------------------------------------------------------
+class FrameDenoiser:
+    """Denoise (and classify) whole frames of any size with an engine; call it from a capture loop.
+
+    >>> with open_engine("model.fp32.onnx") as engine:
+    ...     denoise = FrameDenoiser(engine, tile=256, overlap=32, batch_size=8)
+    ...     result = denoise(frame)          # frame: (H, W) or (H, W, C), uint8 / uint16 / float
+    ...     result.denoised, result.class_index, result.confidence
+
+    tile: None runs whole frames when the engine's profile allows it (else the largest tile it allows);
+    an int tiles every frame with tiles of that size. overlap: pixels shared by neighbouring tiles; tiling is
+    exact for a model whose receptive-field radius is at most overlap // 4 (see the module docstring for the
+    colour rule and the blending window). batch_size: tiles per engine call (capped by the profile).
+    """
+
+    def __init__(
+        self, engine: Engine, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, batch_size: int = 4
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.engine = engine
+        self.tile = tile
+        self.overlap = overlap
+        info = engine.info
+        self.profile = info.profile
+        self.num_classes = info.num_classes
+        max_batch = self.profile.max_batch
+        self.batch_size = min(batch_size, max_batch) if max_batch is not None else batch_size
+        self.batch_size = max(self.batch_size, 1)
+        # Validate tile / overlap against the profile now, not on the first frame of a stream.
+        probe = max(tile or 1, *self.profile.min_hw)
+        plan_tiles((probe, probe), self.profile, tile, overlap)
+
+    def __call__(self, frame: np.ndarray) -> FrameResult:
+        return self.process_batch([frame])[0]
+
+    def process_batch(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Denoise several frames; tiles of frames with the same tile size share engine calls."""
+        prepared = []
+        for frame in frames:
+            frame = np.asarray(frame)
+            x = to_unit_float(frame)
+            planes, alpha = _split_channels(x)
+            model_in = to_model_channels(planes, self.profile.channels)
+            plan = plan_tiles(model_in.shape[1:], self.profile, self.tile, self.overlap)
+            prepared.append((frame, planes, alpha, model_in, plan, extract_tiles(model_in, plan)))
+
+        outputs = self._run_grouped([(p[4].tile_hw, p[5]) for p in prepared])
+
+        results = []
+        for (frame, planes, alpha, model_in, plan, _), (den_tiles, logits) in zip(prepared, outputs, strict=True):
+            model_out = blend_tiles(den_tiles, plan)
+            out_planes = from_model_channels(planes, model_in, model_out)
+            results.append(self._result(frame, out_planes, alpha, logits, plan.count))
+        return results
+
+    def _run_grouped(self, jobs: list[tuple[tuple[int, int], np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Run every frame's tiles, batching tiles of the same size together; results in job order."""
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(jobs)
+        for hw in dict.fromkeys(j[0] for j in jobs):
+            members = [i for i, j in enumerate(jobs) if j[0] == hw]
+            stacked = np.concatenate([jobs[i][1] for i in members])
+            den, logits = self._run_tiles(stacked)
+            offset = 0
+            for i in members:
+                n = jobs[i][1].shape[0]
+                results[i] = (den[offset : offset + n], logits[offset : offset + n])
+                offset += n
+        return [r for r in results if r is not None]
+
+    def _run_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dens, logits = [], []
+        for start in range(0, tiles.shape[0], self.batch_size):
+            chunk = tiles[start : start + self.batch_size]
+            n = chunk.shape[0]
+            if n < self.profile.min_batch:  # a fixed-batch plan: fill with copies, drop their outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.profile.min_batch - n, axis=0)])
+            pred = self.engine(np.ascontiguousarray(chunk, dtype=np.float32))
+            dens.append(np.asarray(pred.denoised, dtype=np.float32)[:n])
+            logits.append(np.asarray(pred.logits, dtype=np.float32).reshape(chunk.shape[0], -1)[:n])
+        return np.concatenate(dens), np.concatenate(logits)
+
+    def _result(
+        self, frame: np.ndarray, planes: np.ndarray, alpha: np.ndarray | None, logits: np.ndarray, tiles: int
+    ) -> FrameResult:
+        if frame.ndim == 2:
+            out = planes[0]
+        elif frame.shape[2] in (1, 3):
+            out = planes.transpose(1, 2, 0)
+        else:
+            kept = alpha if alpha is not None else np.ones(frame.shape[:2], np.float32)
+            out = np.concatenate([planes.transpose(1, 2, 0), kept[..., None]], axis=2)
+        denoised = from_unit_float(out, frame.dtype).reshape(frame.shape)
+        if self.num_classes == 0 or logits.shape[-1] == 0:
+            return FrameResult(denoised, None, None, None, tiles)
+        probs = softmax(logits.mean(axis=0))
+        idx = int(np.argmax(probs))
+        return FrameResult(denoised, idx, float(probs[idx]), probs, tiles)
+
+
+# -- running over files, folders, videos and streams ---------------------------------------------------------
+@dataclass(frozen=True)
+class MediaJob:
+    """One input to process and where its output goes (relative to the output folder)."""
+
+    kind: str  # 'image' | 'video' | 'stream'
+    source: str
+    output: Path
+
+
+@dataclass
+class RunSummary:
+    processed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "processed": self.processed,
+            "skipped": [{"input": s, "reason": r} for s, r in self.skipped],
+            "partial": self.partial,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 3),
+            "interrupted": self.interrupted,
+        }
+
+
+_VIDEO_OUT_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v"})
+
+
+def _output_name(path: Path) -> Path:
+    suffix = path.suffix.lower()
+    if suffix in media.VIDEO_SUFFIXES:
+        return path.with_suffix(suffix if suffix in _VIDEO_OUT_SUFFIXES else ".mp4")
+    return path.with_suffix(media.output_suffix(suffix))
+
+
+def plan_jobs(inputs: Sequence[str]) -> tuple[list[MediaJob], list[tuple[str, str]]]:
+    """Expand inputs (files, folders, cameras, URLs, pipelines) into jobs; returns (jobs, skipped).
+
+    An image or video keeps its stem (out/<stem>.png); a folder keeps relative paths (out/<sub>/<stem>.png);
+    a JPEG becomes PNG. Two inputs that would write the same output get the input's extension in the name
+    (photo_jpg.png), then a counter.
+    """
+    jobs: list[MediaJob] = []
+    skipped: list[tuple[str, str]] = []
+    for i, spec in enumerate(inputs):
+        path = Path(spec)
+        if path.is_dir():
+            found = list(media.iter_media_files(path))
+            if not found:
+                skipped.append((spec, "folder holds no PNG, JPEG, TIFF or video file"))
+            for f in found:
+                kind = "video" if f.suffix.lower() in media.VIDEO_SUFFIXES else "image"
+                jobs.append(MediaJob(kind, str(f), _output_name(f.relative_to(path))))
+        elif path.is_file():
+            suffix = path.suffix.lower()
+            if suffix in media.IMAGE_SUFFIXES:
+                jobs.append(MediaJob("image", spec, _output_name(Path(path.name))))
+            elif suffix in media.VIDEO_SUFFIXES:
+                jobs.append(MediaJob("video", spec, _output_name(Path(path.name))))
+            else:
+                skipped.append((spec, f"not an image or video this tool reads ({suffix or 'no extension'})"))
+        elif media.is_stream_spec(spec):
+            jobs.append(MediaJob("stream", spec, Path(media.stream_name(spec, i) + ".mp4")))
+        else:
+            skipped.append((spec, "no such file, folder, camera or stream"))
+    return _deduplicate(jobs), skipped
+
+
+def _deduplicate(jobs: list[MediaJob]) -> list[MediaJob]:
+    counts: dict[Path, int] = {}
+    for j in jobs:
+        counts[j.output] = counts.get(j.output, 0) + 1
+    taken: set[Path] = set()
+    out = []
+    for j in jobs:
+        name = j.output
+        if counts[name] > 1:
+            ext = Path(j.source).suffix.lower().lstrip(".") or "in"
+            name = name.with_name(f"{name.stem}_{ext}{name.suffix}")
+        base, n = name, 2
+        while name in taken:
+            name = base.with_name(f"{base.stem}_{n}{base.suffix}")
+            n += 1
+        taken.add(name)
+        out.append(MediaJob(j.kind, j.source, name))
+    return out
+
+
+FrameCallback = Callable[[str, int, int | None], None]
+
+# What a single bad input may raise: our own errors, I/O errors, and the runtimes' errors for a bad tensor.
+_SKIPPABLE = (AddUNetEdgeError, OSError, ValueError, RuntimeError)
+
+
+class MediaRunner:
+    """Run a FrameDenoiser over image files, folders, videos and streams, writing results under `out_dir`.
+
+    Outputs are written atomically (images) or to a hidden temporary file renamed at the end (videos). On
+    Ctrl-C the video being written is closed and renamed (so a camera recording keeps its frames; it is
+    listed as partial), predictions and the summary are written, and KeyboardInterrupt propagates. A broken
+    file or frame is reported in `summary.skipped` and the run goes on.
+    """
+
+    def __init__(
+        self,
+        denoiser: FrameDenoiser,
+        out_dir: str | Path,
+        *,
+        predictions: str = "csv",
+        side_by_side: bool = False,
+        max_frames: int | None = None,
+        on_frame: FrameCallback | None = None,
+    ) -> None:
+        if predictions not in ("csv", "jsonl", "none"):
+            raise ConfigError(f"predictions must be csv, jsonl or none, got {predictions!r}")
+        self.denoiser = denoiser
+        self.out_dir = Path(out_dir)
+        self.predictions = predictions if denoiser.num_classes > 0 else "none"
+        self.side_by_side = side_by_side
+        self.max_frames = max_frames
+        self.on_frame = on_frame
+        self.summary = RunSummary()
+        self._rows: list[dict[str, Any]] = []
+
+    @property
+    def predictions_path(self) -> Path | None:
+        return None if self.predictions == "none" else self.out_dir / f"predictions.{self.predictions}"
+
+    def run(self, inputs: Sequence[str]) -> RunSummary:
+        jobs, skipped = plan_jobs(inputs)
+        self.summary.skipped.extend(skipped)
+        start = time.perf_counter()
+        try:
+            for job in jobs:
+                try:
+                    if job.kind == "image":
+                        self._image(job)
+                    else:
+                        self._video(job)
+                except _SKIPPABLE as e:
+                    self.summary.skipped.append((job.source, _reason(e)))
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            raise
+        finally:
+            self.summary.seconds += time.perf_counter() - start
+            self._write_reports()
+        return self.summary
+
+    # -- one input -------------------------------------------------------------------------------------
+    def _image(self, job: MediaJob) -> None:
+        frame = media.read_image(job.source)
+        result = self.denoiser(frame)
+        media.write_image(self.out_dir / job.output, result.denoised)
+        if self.side_by_side:
+            media.write_image(self.out_dir / "side_by_side" / job.output, _side_by_side(frame, result.denoised))
+        self._record(job, 0, result)
+        self.summary.processed.append(job.source)
+
+    def _video(self, job: MediaJob) -> None:
+        source = media.open_video(job.source)
+        writers: list[media.VideoWriter] = []
+        bad_frames: list[str] = []
+        written = 0
+        try:
+            batch = 1 if job.kind == "stream" else self.denoiser.batch_size
+            pending: list[np.ndarray] = []
+            index = 0
+            for frame in source.frames():
+                pending.append(frame)
+                if len(pending) >= batch:
+                    written += self._video_frames(job, source, pending, index, writers, bad_frames)
+                    index += len(pending)
+                    pending = []
+                if self.max_frames is not None and index + len(pending) >= self.max_frames:
+                    break
+            if pending:
+                written += self._video_frames(job, source, pending, index, writers, bad_frames)
+        except KeyboardInterrupt:
+            if written:
+                for w in writers:
+                    w.finish()
+                self.summary.partial.append(job.source)
+            else:
+                for w in writers:
+                    w.abort()
+            raise
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        finally:
+            source.close()
+        if not writers:
+            self.summary.skipped.append((job.source, "no frame could be read" if not bad_frames else bad_frames[0]))
+            return
+        for w in writers:
+            w.finish()
+        self.summary.processed.append(job.source)
+        self.summary.skipped.extend((f"{job.source} {b}", "broken frame skipped") for b in bad_frames)
+
+    def _video_frames(
+        self,
+        job: MediaJob,
+        source: media.VideoSource,
+        frames: list[np.ndarray],
+        first_index: int,
+        writers: list[media.VideoWriter],
+        bad_frames: list[str],
+    ) -> int:
+        try:
+            results = self.denoiser.process_batch(frames)
+        except _SKIPPABLE:
+            # One bad frame must not take its batch down: retry one by one, skipping only the broken ones.
+            results = []
+            for k, frame in enumerate(frames):
+                try:
+                    results.append(self.denoiser(frame))
+                except _SKIPPABLE as e:
+                    bad_frames.append(f"frame {first_index + k}: {_reason(e)}")
+                    results.append(None)
+        done = 0
+        for k, (frame, result) in enumerate(zip(frames, results, strict=True)):
+            if result is None:
+                continue
+            if not writers:
+                h, w = result.denoised.shape[:2]
+                writers.append(media.VideoWriter(self.out_dir / job.output, source.fps, (w, h), color=True))
+                if self.side_by_side:
+                    path = self.out_dir / "side_by_side" / job.output
+                    writers.append(media.VideoWriter(path, source.fps, (2 * w, h), color=True))
+            writers[0].write(result.denoised)
+            if self.side_by_side:
+                writers[1].write(_side_by_side(frame, result.denoised))
+            self._record(job, first_index + k, result)
+            done += 1
+        return done
+
+    def _record(self, job: MediaJob, frame_index: int, result: FrameResult) -> None:
+        self.summary.frames += 1
+        if self.predictions != "none" and result.class_index is not None:
+            self._rows.append(
+                {
+                    "input": job.source,
+                    "frame": frame_index,
+                    "output": str(job.output),
+                    "class_index": result.class_index,
+                    "confidence": round(float(result.confidence or 0.0), 6),
+                }
+            )
+        if self.on_frame is not None:
+            self.on_frame(job.source, self.summary.frames, None)
+
+    def _write_reports(self) -> None:
+        path = self.predictions_path
+        if path is not None and self._rows:
+            if self.predictions == "csv":
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=list(self._rows[0]))
+                writer.writeheader()
+                writer.writerows(self._rows)
+                atomic_write_text(path, buf.getvalue())
+            else:
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self._rows))
+        atomic_write_json(self.out_dir / "run_summary.json", self.summary.to_dict())
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, AddUNetEdgeError) else f"{type(e).__name__}: {e}"
+
+
+def _side_by_side(frame: np.ndarray, denoised: np.ndarray) -> np.ndarray:
+    """input | denoised, in the input's dtype and channel layout."""
+    return np.concatenate([frame, denoised.astype(frame.dtype, copy=False)], axis=1)
+
+
+# -- DeepStream ---------------------------------------------------------------------------------------------
+_NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
+
+
+def deepstream_config(
+    plan_path: str | Path,
+    *,
+    batch_size: int | None = None,
+    size_hw: tuple[int, int] | None = None,
+    gpu_id: int = 0,
+) -> str:
+    """Text of a Gst-nvinfer configuration that runs `plan_path` and attaches its raw outputs as tensor meta.
+
+    Needs the plan's manifest (written by `addunet-edge build`): precision and input profile come from it.
+    `size_hw` picks the network input size for a dynamic profile (default: its fixed or optimum size).
+    """
+    from .engines.tensorrt import input_profile_from_manifest, read_plan_manifest
+    from .engines.trt_build import PLAN_KIND
+
+    plan = Path(plan_path)
+    if plan.suffix.lower() not in (".plan", ".engine"):
+        raise ArtifactError(f"{plan} is not a TensorRT plan (.plan); build one with `addunet-edge build` first")
+    if not plan.is_file():
+        raise ArtifactError(f"{plan}: no such file")
+    manifest = read_plan_manifest(plan)
+    if manifest.get("kind") != PLAN_KIND:
+        raise ArtifactError(f"{plan}: its manifest describes a {manifest.get('kind')!r}, not a TensorRT plan")
+    precision = str(manifest.get("precision"))
+    if precision not in _NETWORK_MODE:
+        raise ArtifactError(f"{plan}: manifest precision {precision!r} is not one of {sorted(_NETWORK_MODE)}")
+    profile = input_profile_from_manifest(manifest)
+    if size_hw is None:
+        size_hw = profile.fixed_hw or profile.opt_hw or profile.max_hw
+        if size_hw is None:
+            raise ConfigError(f"{plan} has an unbounded spatial profile: pass --size HxW for nvinfer's input")
+    if batch_size is None:
+        batch_size = profile.opt_batch or profile.max_batch or profile.min_batch
+    profile.check((batch_size, profile.channels, *size_hw))  # ShapeError names what is outside the profile
+    h, w = size_hw
+    colour = 2 if profile.channels == 1 else 0
+    lines = [
+        f"# Gst-nvinfer configuration for {plan.name}, written by addunet-edge.",
+        f"# precision {precision}, input '{INPUT_NAME}' ({profile.channels}, H, W) float32 in [0, 1],",
+        f"# outputs '{OUTPUT_NAMES[0]}' (N, {profile.channels}, H, W) and '{OUTPUT_NAMES[1]}' "
+        f"(N, {manifest.get('num_classes')}).",
+        "#",
+        "# network-type=100 (other): nvinfer does no post-processing; with output-tensor-meta=1 it attaches",
+        "# NvDsInferTensorMeta to each frame's user meta (meta_type NVDSINFER_TENSOR_OUTPUT_META). Read the",
+        f"# denoised image in a pad probe: find the layer named '{OUTPUT_NAMES[0]}' in output_layers_info,",
+        "# take out_buf_ptrs_host[i] (or out_buf_ptrs_dev[i] on the GPU) as float32 (C, H, W) at the network",
+        "# size above, values in [0, 1]: multiply by 255 and resize to the frame to draw or encode it.",
+        f"# '{OUTPUT_NAMES[1]}' holds the class logits: softmax them for a confidence.",
+        "# net-scale-factor=1/255 maps the 8-bit frames DeepStream carries to the model's [0, 1] range.",
+        "",
+        "[property]",
+        f"gpu-id={gpu_id}",
+        f"model-engine-file={plan.resolve()}",
+        f"batch-size={batch_size}",
+        "# 0 = fp32, 1 = int8, 2 = fp16 (the plan is strongly typed; this only tells nvinfer what it holds)",
+        f"network-mode={_NETWORK_MODE[precision]}",
+        "network-type=100",
+        "output-tensor-meta=1",
+        "process-mode=1",
+        f"infer-dims={profile.channels};{h};{w}",
+        f"net-scale-factor={1 / 255!r}",
+        "offsets=" + ";".join(["0"] * profile.channels),
+        f"# 0 = RGB, 2 = gray; the input layer is '{INPUT_NAME}'",
+        f"model-color-format={colour}",
+        f"output-blob-names={OUTPUT_NAMES[0]};{OUTPUT_NAMES[1]}",
+        "maintain-aspect-ratio=0",
+        "gie-unique-id=1",
+        "",
+    ]
+    return "\n".join(lines)
