@@ -1,0 +1,312 @@
+"""fp16 and int8 variants of a tiny AddUNet on ONNX Runtime: layout, drift, reports and refusals."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from onnx import numpy_helper  # noqa: E402
+
+from addunet_edge.artifacts import read_manifest  # noqa: E402
+from addunet_edge.calibration import (  # noqa: E402
+    CalibrationSet,
+    calibrate,
+    collect_ranges,
+    convert_fp16,
+    fallback_to_budget,
+    quantize_int8,
+    run_onnx,
+)
+from addunet_edge.errors import ArtifactError, BudgetError, DataError  # noqa: E402
+from addunet_edge.metrics import psnr  # noqa: E402
+from addunet_edge.model import ModelConfig, build_model, fold_batchnorm  # noqa: E402
+
+SIZE = 24
+
+
+def _export(model: torch.nn.Module, path: Path, channels: int = 1) -> Path:
+    model.eval()
+    dyn = {0: "n", 2: "h", 3: "w"}
+    torch.onnx.export(
+        model,
+        (torch.rand(2, channels, SIZE, SIZE),),
+        str(path),
+        input_names=["noisy"],
+        output_names=["denoised", "logits"],
+        dynamic_axes={"noisy": dyn, "denoised": dyn, "logits": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """AddUNet width 8, depth 2, 4 classes, unbounded states (the int8-hard case), BN folded."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=2, num_classes=4, bound=None)).eval()
+    with torch.no_grad():  # non-trivial BN statistics so the folded biases differ per conv
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    fold_batchnorm(model)
+    return _export(model, tmp_path_factory.mktemp("fp32") / "model.fp32.onnx")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(noisy, clean, labels): smooth random images plus sigma-25 noise."""
+    rng = np.random.default_rng(0)
+    base = rng.random((20, 1, SIZE // 4, SIZE // 4), dtype=np.float32)
+    clean = np.kron(base, np.ones((1, 1, 4, 4), np.float32))
+    noisy = np.clip(clean + rng.normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
+    return noisy, clean, rng.integers(0, 4, 20)
+
+
+def _check_runs(path: Path) -> None:
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    den, logits = sess.run(None, {"noisy": np.full((3, 1, 20, 28), 0.5, np.float32)})
+    assert den.shape == (3, 1, 20, 28) and den.dtype == np.float32
+    assert logits.shape == (3, 4) and np.all(np.isfinite(logits))
+
+
+def _inits(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+# --- fp16 ---------------------------------------------------------------------------------------------
+
+
+def test_fp16_is_float16_inside_float32_outside_and_drift_small(fp32: Path, data, tmp_path: Path) -> None:
+    noisy, clean, _ = data
+    out = convert_fp16(fp32, tmp_path / "model.fp16.onnx", calib=CalibrationSet(noisy), progress=False)
+    _check_runs(out)
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    inits = _inits(out)
+    assert conv_weights and all(inits[w].dtype == np.float16 for w in conv_weights)
+    assert Counter(n.op_type for n in model.graph.node)["Cast"] >= 3  # input and both outputs
+    p32 = psnr(np.clip(run_onnx(fp32, noisy)[0], 0, 1), clean)
+    p16 = psnr(np.clip(run_onnx(out, noisy)[0], 0, 1), clean)
+    assert abs(p32 - p16) <= 0.05
+    manifest = read_manifest(out, required=True)
+    assert manifest["precision"] == "fp16" and "Softplus" in manifest["blocked_op_types"]
+    assert manifest["measured"]["overflow_nodes"] == []
+
+
+def test_fp16_blocks_nodes_measured_beyond_float16_range(tmp_path: Path, data) -> None:
+    class Loud(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            big = torch.relu(self.conv(x)) * 1e6  # up to ~1e6: float16 overflows to inf here
+            small = torch.sqrt(big) * 1e-3  # the sqrt stops constant folding from cancelling the scales
+            return x - small[:, :1], self.fc(small.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    src = _export(Loud(), tmp_path / "loud.onnx")
+    noisy = data[0]
+    out = convert_fp16(src, tmp_path / "loud.fp16.onnx", calib=CalibrationSet(noisy), progress=False)
+    manifest = read_manifest(out, required=True)
+    assert manifest["measured"]["overflow_nodes"], manifest["measured"]
+    ref, got = run_onnx(src, noisy), run_onnx(out, noisy)
+    assert np.all(np.isfinite(got[0])) and np.allclose(ref[0], got[0], atol=1e-2)
+
+    # The blocked node keeps its float32 constant (1e6 has no float16 value); unmeasured, it is clamped.
+    # (ORT's CPU provider runs many float16 ops in float32, so the overflow itself cannot be shown here.)
+    def scale_of(path: Path, node_names: list[str]) -> np.ndarray:
+        model, inits = onnx.load(str(path)), _inits(path)
+        node = next(n for n in model.graph.node if n.name in node_names and n.op_type == "Mul")
+        return next(inits[i] for i in node.input if i in inits)
+
+    blocked = scale_of(out, manifest["measured"]["overflow_nodes"])
+    assert blocked.dtype == np.float32 and blocked == 1e6
+    plain = convert_fp16(src, tmp_path / "loud.plain.onnx", progress=False)
+    assert scale_of(plain, manifest["measured"]["overflow_nodes"]).dtype == np.float16
+
+
+# --- int8 ---------------------------------------------------------------------------------------------
+
+
+def test_cpu_int8_fuses_to_integer_kernels(fp32: Path, data, tmp_path: Path) -> None:
+    noisy = data[0]
+    ranges = collect_ranges(fp32, CalibrationSet(noisy), "percentile", progress=False)
+    out = quantize_int8(fp32, tmp_path / "model.int8.onnx", ranges, target="cpu")
+    _check_runs(out)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] >= 5 and ops["Conv"] == 0, ops
+    q = onnx.load(str(out))
+    act_zp = [n.input[2] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(_inits(out)[z].dtype == np.uint8 for z in act_zp)
+    manifest = read_manifest(out, required=True)
+    assert manifest["precision"] == "int8" and manifest["target"] == "cpu"
+    assert manifest["calibration"]["method"] == "percentile"
+    assert manifest["calibration"]["percentile"] == 99.999
+    assert manifest["calibration"]["set_size"] == len(noisy)
+    assert manifest["calibration"]["data_sha256"] == CalibrationSet(noisy).data_sha256
+
+
+def test_tensorrt_int8_is_symmetric_per_channel_with_residual_qdq(fp32: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
+    out = quantize_int8(fp32, tmp_path / "model.int8.onnx", ranges, target="tensorrt")
+    _check_runs(out)
+    q = onnx.load(str(out))
+    inits = _inits(out)
+    producer = {o: n for n in q.graph.node for o in n.output}
+    for node in q.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[node.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), node.name
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        x, w = producer[conv.input[0]], producer[conv.input[1]]
+        assert x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear"
+        assert inits[w.input[0]].dtype == np.int8
+        out_channels = inits[w.input[0]].shape[0]
+        assert inits[w.input[1]].shape == (out_channels,)  # one scale per output channel
+        # Biases stay float: TensorRT folds them itself.
+        assert len(conv.input) < 3 or (conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32)
+    outputs = {o.name for o in q.graph.output}
+    residual = [n for n in q.graph.node if n.op_type in ("Add", "Sub") and not set(n.output) & outputs]
+    assert residual
+    for node in residual:
+        assert any(i in producer and producer[i].op_type == "DequantizeLinear" for i in node.input), node.name
+    tail = [n for n in q.graph.node if "denoised" in n.output]
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in tail[0].input)
+    assert read_manifest(out, required=True)["target"] == "tensorrt"
+
+
+def test_excluded_nodes_stay_float(fp32: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
+    stem = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    out = quantize_int8(fp32, tmp_path / "m.onnx", ranges, target="tensorrt", exclude_nodes=[stem])
+    q = onnx.load(str(out))
+    node = next(n for n in q.graph.node if n.name == stem)
+    assert node.input[1] in _inits(out) and _inits(out)[node.input[1]].dtype == np.float32
+    assert read_manifest(out)["excluded_nodes"] == [stem]
+
+
+def test_calibrate_auto_reports_every_method_and_keeps_the_best(fp32: Path, data, tmp_path: Path) -> None:
+    noisy, clean, _ = data
+    out = tmp_path / "model.int8.onnx"
+    report = calibrate(
+        fp32, out, noisy, clean, target="cpu", method="auto", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert {s.label for s in report.scores} == {"minmax", "percentile", "entropy"}
+    best = min(report.scores, key=lambda s: s.drift_db)
+    assert report.method == best.label
+    assert report.scored_on == 5 and report.set_size == 15
+    assert all(0.0 <= s.agreement <= 1.0 for s in report.scores)
+    assert read_manifest(out, required=True)["calibration"]["method"] == best.label
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 3
+    again = calibrate(
+        fp32, out, noisy, clean, target="cpu", method="auto", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert [s.drift_db for s in again.scores] == [s.drift_db for s in report.scores]
+
+
+def test_bad_inputs_write_nothing(fp32: Path, data, tmp_path: Path) -> None:
+    noisy = data[0]
+    out = tmp_path / "never.onnx"
+    with pytest.raises(DataError, match="empty"):
+        calibrate(fp32, out, noisy[:0], progress=False)
+    with pytest.raises(DataError, match="at least 8"):
+        calibrate(fp32, out, noisy[:4], progress=False)
+    with pytest.raises(DataError, match="channel"):
+        calibrate(fp32, out, np.repeat(noisy, 3, axis=1), progress=False)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(fp32.read_bytes()[:200])
+    with pytest.raises(ArtifactError):
+        calibrate(corrupt, out, noisy, progress=False)
+    with pytest.raises(ArtifactError):
+        convert_fp16(corrupt, out, progress=False)
+    assert list(tmp_path.iterdir()) == [corrupt]
+
+
+def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_path: Path) -> None:
+    noisy = data[0]
+    reference = run_onnx(fp32, noisy)[0]
+    # Targets close to the fp32 output make int8's own error dominate the drift, so the budget bites.
+    clean = np.clip(reference + np.random.default_rng(1).normal(0, 0.002, reference.shape), 0, 1).astype(np.float32)
+    with pytest.raises(BudgetError):
+        fallback_to_budget(
+            fp32,
+            tmp_path / "x.onnx",
+            noisy,
+            noisy,
+            clean,
+            target="tensorrt",
+            max_psnr_drift_db=0.0,
+            max_acc_drop_pt=100.0,
+            max_float_nodes=1,
+            progress=False,
+        )
+    assert not (tmp_path / "x.onnx").exists()
+    probe = fallback_to_budget(
+        fp32,
+        tmp_path / "probe.onnx",
+        noisy,
+        noisy,
+        clean,
+        target="tensorrt",
+        max_psnr_drift_db=100.0,
+        max_acc_drop_pt=100.0,
+        progress=False,
+    )
+    assert probe.float_nodes == [] and probe.before.drift_db > 0.3
+    budget = probe.before.drift_db / 2
+    report = fallback_to_budget(
+        fp32,
+        tmp_path / "fb.onnx",
+        noisy,
+        noisy,
+        clean,
+        target="tensorrt",
+        max_psnr_drift_db=budget,
+        max_acc_drop_pt=100.0,
+        progress=False,
+    )
+    assert report.met_budget and report.after.drift_db <= budget
+    assert 1 <= len(report.float_nodes) < len(report.sensitivity)
+    ranked = sorted(report.sensitivity, key=report.sensitivity.get, reverse=True)
+    assert report.float_nodes == ranked[: len(report.float_nodes)]
+    assert read_manifest(tmp_path / "fb.onnx")["excluded_nodes"] == report.float_nodes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("polygraphy") is None, reason="polygraphy is not installed")
+def test_polygraphy_runs_the_variants(fp32: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
+    paths = [
+        quantize_int8(fp32, tmp_path / "t.onnx", ranges, target="tensorrt"),
+        quantize_int8(fp32, tmp_path / "c.onnx", ranges, target="cpu"),
+        convert_fp16(fp32, tmp_path / "h.onnx", progress=False),
+    ]
+    for path in paths:
+        result = subprocess.run(
+            ["polygraphy", "run", str(path), "--onnxrt", "--input-shapes", "noisy:[1,1,32,32]"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
