@@ -165,14 +165,18 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
     lock_file = folder / ".addunet-edge.lock"
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockError(
-                f"another addunet-edge run is writing into {folder}; wait for it or choose another --out"
-            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockError(
+            f"another addunet-edge run is writing into {folder}; wait for it or choose another --out"
+        ) from None
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield folder
     finally:
+        # Only the holder removes the lock file, while it still holds the lock.
+        with contextlib.suppress(FileNotFoundError):
+            lock_file.unlink()
         os.close(fd)

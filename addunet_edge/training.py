@@ -110,6 +110,7 @@ def evaluate(
     """PSNR / SSIM / accuracy of `model` on seeded noisy copies of `eval_set`, plus the noisy input's PSNR."""
     noisy = eval_set.noisy(sigma, seed)
     denoised, logits = predict(model, noisy, device=device)
+    denoised = np.clip(denoised, 0.0, 1.0)  # scored as the image a user would see
     out = {
         "sigma": sigma,
         "psnr_db": psnr(denoised, eval_set.clean),
@@ -143,6 +144,15 @@ class _Dist:
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only: decaying the gates would pull every alpha towards
+    softplus(0) = 0.69 regardless of the data, and decaying norms and biases only hurts."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and name != "gate_logits" else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -220,7 +230,7 @@ def _train(
     torch.manual_seed(tc.seed)
     model = build_model(mc).to(device)
     use_cls = mc.num_classes > 0 and tc.cls_weight > 0 and dataset.num_classes > 0
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
     steps_per_epoch = math.ceil(len(dataset.train) / (tc.batch_size * dist.world))
     epochs = tc.epochs
     start_epoch, step, best = 0, 0, math.inf

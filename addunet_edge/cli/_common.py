@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import AddUNetEdgeError
 
@@ -28,7 +29,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             try:
                 return fn(*args, **kw)
             except AddUNetEdgeError as e:
-                err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
                 raise typer.Exit(code=e.exit_code) from None
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]: completed outputs were kept")

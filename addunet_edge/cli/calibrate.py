@@ -18,6 +18,12 @@ def _fp32_path(out: Path) -> Path:
     return out.with_name(name)
 
 
+def _signed(loss_db: float | None) -> float | None:
+    """The calibration library reports drift as a loss (positive = worse); users read it signed, as in
+    validate (negative = worse)."""
+    return None if loss_db is None else -loss_db
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -89,7 +95,7 @@ def register(app: typer.Typer) -> None:
                 for line in report.messages:
                     err_console.print(f"[yellow]warning:[/] {line}")
                 console.print(
-                    f"int8 drift {_fmt(report.before.drift_db)} dB -> {_fmt(report.after.drift_db)} dB, "
+                    f"int8 drift {_fmt(_signed(report.before.drift_db))} dB -> {_fmt(_signed(report.after.drift_db))} dB, "
                     f"accuracy drop {_fmt(report.before.accuracy_drop_pt, '.2f')} -> "
                     f"{_fmt(report.after.accuracy_drop_pt, '.2f')} pt; float nodes: {report.float_nodes or 'none'}"
                 )
@@ -102,6 +108,6 @@ def register(app: typer.Typer) -> None:
                     table.add_column(col)
                 for s in report.scores:
                     mark = " *" if s.label == report.method else ""
-                    table.add_row(s.label + mark, _fmt(s.psnr_db), _fmt(s.drift_db), _fmt(s.agreement, ".3f"))
+                    table.add_row(s.label + mark, _fmt(s.psnr_db), _fmt(_signed(s.drift_db)), _fmt(s.agreement, ".3f"))
                 console.print(table)
         console.print(f"wrote {out}")

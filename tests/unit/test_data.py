@@ -25,7 +25,7 @@ def test_digits_are_real_and_resized() -> None:
     images, labels = load_digits_images(size=32)
     assert images.shape == (1797, 1, 32, 32) and images.dtype == np.float32
     assert set(labels.tolist()) == set(range(10))
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
 
 
 def test_digits_splits_are_deterministic_and_disjoint() -> None:

@@ -1,0 +1,234 @@
+"""`build`: checkpoint or ONNX -> the precision ONNX (made on demand) -> a TensorRT plan or ONNX Runtime artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._lazy import available
+from .artifacts import read_manifest
+from .errors import ConfigError, DeviceError, MissingDependencyError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+DEFAULT_CALIBRATION_IMAGES = 256
+
+
+def artifact_name(source: Path) -> str:
+    """'runs/q/model' -> 'model'; 'x/model.fp32.onnx' -> 'model'."""
+    name = source.name
+    if source.suffix.lower() == ".onnx":
+        name = source.stem
+        for tag in (".fp32", ".fp16", ".int8"):
+            name = name.split(tag)[0]
+    return name
+
+
+def onnx_path_for(out_dir: Path, name: str, precision: str, target: str | None = None) -> Path:
+    """The file name of each precision variant: <name>.fp32.onnx, <name>.fp16.onnx, <name>.int8.<target>.onnx."""
+    if precision == "int8":
+        return out_dir / f"{name}.int8.{target or 'tensorrt'}.onnx"
+    return out_dir / f"{name}.{precision}.onnx"
+
+
+def dataset_of(source: Path) -> str | None:
+    """The dataset a checkpoint (or an ONNX exported from one) was trained on, as a load_dataset argument."""
+    from .checkpoint import is_checkpoint, read_checkpoint_meta
+
+    if is_checkpoint(source):
+        data = read_checkpoint_meta(source).get("data", {})
+    else:
+        data = (read_manifest(source, verify_hash=False) or {}).get("data", {})
+    return data.get("source") or data.get("dataset")
+
+
+def calibration_arrays(
+    dataset: str, in_channels: int, *, count: int, sigma: float, seed: int, size: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Noisy, clean and labels from the dataset's training split, with the noise of the intended use."""
+    from .data import add_noise, load_dataset
+
+    ds = load_dataset(dataset, size=size, in_channels=in_channels, seed=seed, patches_per_epoch=max(count, 64))
+    rng = np.random.default_rng([seed, 7])
+    clean, labels = ds.train.epoch(rng)
+    clean = clean[:count]
+    labels = None if labels is None else labels[:count]
+    return add_noise(clean, sigma, rng), clean, labels
+
+
+def resolve_backend(backend: str) -> tuple[str, str | None]:
+    """('tensorrt' | 'onnxruntime', a one-line note when auto fell back)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    has_trt = available("tensorrt")
+    has_gpu = _has_gpu()
+    if backend == "tensorrt":
+        if not has_trt:
+            raise MissingDependencyError(
+                "--backend tensorrt needs the tensorrt package: pip install 'addunet-edge[tensorrt]' "
+                "(on a Jetson it comes with JetPack)"
+            )
+        if not has_gpu:
+            raise DeviceError("--backend tensorrt needs an NVIDIA GPU, and none is visible here")
+        return "tensorrt", None
+    if backend == "auto":
+        if has_trt and has_gpu:
+            return "tensorrt", None
+        why = "tensorrt is not installed" if not has_trt else "no NVIDIA GPU is visible"
+        return "onnxruntime", f"{why}: building ONNX Runtime artifacts instead of TensorRT plans"
+    return "onnxruntime", None
+
+
+def _has_gpu() -> bool:
+    if Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists():
+        return True
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+@dataclass
+class BuildResult:
+    backend: str
+    precision: str
+    onnx: dict[str, Path] = field(default_factory=dict)  # precision tag -> ONNX path
+    plan: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    calibration: Any = None
+
+    @property
+    def artifact(self) -> Path:
+        """What to run: the plan, else the precision ONNX."""
+        return self.plan if self.plan is not None else self.onnx[self.precision]
+
+
+def make_precision_onnx(
+    source: Path,
+    out_dir: Path,
+    precision: str,
+    *,
+    target: str = "cpu",
+    dataset: str | None = None,
+    method: str = "percentile",
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    sigma: float = 25.0,
+    seed: int = 0,
+    exclude_nodes: tuple[str, ...] = (),
+    progress: bool = True,
+    result: BuildResult | None = None,
+) -> Path:
+    """Make (or reuse, when it is in place and matches its manifest) the ONNX of one precision."""
+    from .calibration import calibrate, convert_fp16
+    from .checkpoint import is_checkpoint
+    from .export import export_onnx
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = artifact_name(source)
+    if is_checkpoint(source):
+        fp32 = onnx_path_for(out_dir, name, "fp32")
+        if not _fresh(fp32, source):
+            fp32, _ = export_onnx(source, fp32)
+    else:
+        fp32 = source
+    if result is not None:
+        result.onnx["fp32"] = fp32
+    if precision == "fp32":
+        return fp32
+    manifest = read_manifest(fp32, verify_hash=True) or {}
+    channels = int(manifest.get("in_channels", 1))
+    data = dataset or dataset_of(source) or "digits"
+    noisy, clean, labels = calibration_arrays(data, channels, count=calibration_images, sigma=sigma, seed=seed)
+    out = onnx_path_for(out_dir, name, precision, target)
+    if precision == "fp16":
+        convert_fp16(fp32, out, calib=noisy[:32], progress=progress)
+    else:
+        report = calibrate(
+            fp32,
+            out,
+            noisy,
+            clean,
+            calib_labels=labels,
+            target=target,
+            method=method,
+            exclude_nodes=exclude_nodes,
+            cache_dir=out_dir / ".calibration-cache",
+            progress=progress,
+        )
+        if result is not None:
+            result.calibration = report
+    if result is not None:
+        result.onnx[precision] = out
+    return out
+
+
+def _fresh(fp32: Path, checkpoint: Path) -> bool:
+    """True when `fp32` exists, matches its manifest and was exported from this checkpoint's weights."""
+    from .artifacts import sha256_file
+    from .checkpoint import WEIGHTS
+    from .errors import ArtifactError
+
+    if not fp32.exists():
+        return False
+    try:
+        manifest = read_manifest(fp32, verify_hash=True) or {}
+    except ArtifactError:
+        return False
+    return manifest.get("source", {}).get("weights_sha256") == sha256_file(checkpoint / WEIGHTS)
+
+
+def build(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    precision: str = "fp16",
+    backend: str = "auto",
+    target: str | None = None,
+    dataset: str | None = None,
+    method: str = "percentile",
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    sigma: float = 25.0,
+    seed: int = 0,
+    trt_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> BuildResult:
+    """The whole `build` verb; TensorRT options (profile, workspace, ...) pass through to build_plan."""
+    source, out_dir = Path(source), Path(out_dir)
+    chosen, note = resolve_backend(backend)
+    result = BuildResult(backend=chosen, precision=precision)
+    if note:
+        result.notes.append(note)
+    # int8 for a TensorRT plan must be the symmetric flavour; for ONNX Runtime on the CPU, the fast one.
+    target = target or ("tensorrt" if chosen == "tensorrt" else "cpu")
+    if chosen == "tensorrt" and precision == "int8" and target != "tensorrt":
+        raise ConfigError("a TensorRT plan needs --target tensorrt int8 (symmetric Q/DQ)")
+    onnx = make_precision_onnx(
+        source,
+        out_dir,
+        precision,
+        target=target,
+        dataset=dataset,
+        method=method,
+        calibration_images=calibration_images,
+        sigma=sigma,
+        seed=seed,
+        progress=progress,
+        result=result,
+    )
+    result.onnx[precision] = onnx
+    if chosen == "tensorrt":
+        from .engines.trt_build import BuildProfile, build_plan
+
+        opts = dict(trt_options or {})
+        profile = opts.pop("profile", None) or BuildProfile.parse("1,1,8", "64x64,256x256,1024x1024")
+        result.plan = build_plan(
+            onnx, out_dir, precision=precision, name=artifact_name(source), profile=profile, **opts
+        )
+    return result

@@ -1,0 +1,104 @@
+"""`export` and `build`: a checkpoint to a parity-checked ONNX, and to an fp32/fp16/int8 engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import SeedOpt, SigmaOpt, command, console
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "export")
+    def export_cmd(
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")] = Path("model.fp32.onnx"),
+        tolerance: Annotated[float, typer.Option(help="Max abs error allowed against PyTorch.")] = 1e-4,
+    ) -> None:
+        """Export to ONNX (opset 17), check it, simplify it and prove it matches PyTorch."""
+        from rich.table import Table
+
+        from ..artifacts import output_lock
+        from ..export import export_onnx
+
+        with output_lock(out.parent):
+            path, report = export_onnx(checkpoint, out, tolerance=tolerance)
+        table = Table(title=f"parity of {path.name} against PyTorch (tolerance {tolerance:.0e})")
+        for col in ("batch", "H x W", "denoised max |err|", "logits max |err|", "PSNR vs torch (dB)"):
+            table.add_column(col, justify="right")
+        for c in report.cases:
+            table.add_row(
+                str(c.batch),
+                f"{c.height}x{c.width}",
+                f"{c.denoised_max_abs_error:.2e}",
+                f"{c.logits_max_abs_error:.2e}",
+                f"{c.fidelity_psnr_db:.1f}",
+            )
+        console.print(table)
+        console.print(f"[green]wrote[/] {path} (+ manifest)")
+
+    @command(app, "build")
+    def build_cmd(
+        source: Annotated[Path, typer.Argument(help="Checkpoint folder or ONNX file.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("engines"),
+        precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp16",
+        backend: Annotated[
+            str, typer.Option(help="auto (TensorRT where it and a GPU exist) | tensorrt | onnxruntime")
+        ] = "auto",
+        target: Annotated[
+            str | None, typer.Option(help="int8 flavour: tensorrt (symmetric) | cpu (fast on ORT x86).")
+        ] = None,
+        dataset: Annotated[str | None, typer.Option(help="Calibration data (default: the training set).")] = None,
+        method: Annotated[
+            str, typer.Option(help="int8 calibration: percentile | minmax | entropy | auto")
+        ] = "percentile",
+        calibration_images: Annotated[int, typer.Option(help="Calibration set size.")] = 256,
+        sigma: SigmaOpt = 25.0,
+        batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
+        sizes: Annotated[str, typer.Option(help="TensorRT profile HxW min,opt,max.")] = "64x64,256x256,1024x1024",
+        workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit (MiB).")] = None,
+        timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache (loaded and saved).")] = None,
+        opt_level: Annotated[int | None, typer.Option(help="TensorRT builder optimization level 0-5.")] = None,
+        dla_core: Annotated[int | None, typer.Option(help="DLA core (Jetson), GPU fallback on.")] = None,
+        version_compatible: Annotated[bool, typer.Option(help="Plan loadable by later TensorRT.")] = False,
+        hardware_compatible: Annotated[bool, typer.Option(help="Plan loadable on Ampere+ GPUs.")] = False,
+        seed: SeedOpt = 0,
+    ) -> None:
+        """Make the precision ONNX (on demand) and, where TensorRT and a GPU exist, a strongly typed plan."""
+        from ..artifacts import output_lock
+        from ..build import build
+
+        trt_options = None
+        if backend != "onnxruntime":
+            from ..engines.trt_build import BuildProfile
+
+            trt_options = {
+                "profile": BuildProfile.parse(batch, sizes),
+                "workspace_mib": workspace_mib,
+                "timing_cache": timing_cache,
+                "optimization_level": opt_level,
+                "dla_core": dla_core,
+                "version_compatible": version_compatible,
+                "hardware_compatible": hardware_compatible,
+            }
+        with output_lock(out):
+            result = build(
+                source,
+                out,
+                precision=precision,
+                backend=backend,
+                target=target,
+                dataset=dataset,
+                method=method,
+                calibration_images=calibration_images,
+                sigma=sigma,
+                seed=seed,
+                trt_options=trt_options,
+            )
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        for tag, path in result.onnx.items():
+            console.print(f"  {tag:5s} {path}")
+        console.print(f"[green]built[/] {result.artifact} ({result.backend}, {precision})")
