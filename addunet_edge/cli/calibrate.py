@@ -94,8 +94,9 @@ def register(app: typer.Typer) -> None:
                 )
                 for line in report.messages:
                     err_console.print(f"[yellow]warning:[/] {line}")
+                before, after = _signed(report.before.drift_db), _signed(report.after.drift_db)
                 console.print(
-                    f"int8 drift {_fmt(_signed(report.before.drift_db))} dB -> {_fmt(_signed(report.after.drift_db))} dB, "
+                    f"int8 drift {_fmt(before)} dB -> {_fmt(after)} dB, "
                     f"accuracy drop {_fmt(report.before.accuracy_drop_pt, '.2f')} -> "
                     f"{_fmt(report.after.accuracy_drop_pt, '.2f')} pt; float nodes: {report.float_nodes or 'none'}"
                 )

@@ -26,7 +26,7 @@ def _tc(**kw) -> TrainConfig:
 
 
 def test_training_writes_checkpoint_log_and_improves(tiny_checkpoint: Path) -> None:
-    model, meta = load_checkpoint(tiny_checkpoint)
+    _, meta = load_checkpoint(tiny_checkpoint)
     rows = read_log(tiny_checkpoint / LOG)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(len(r["gates"]) == 2 for r in rows)
@@ -103,7 +103,7 @@ def test_resume_refuses_torn_last_checkpoint(tmp_path: Path, digits_npz: Path) -
     ds = load_dataset(digits_npz, size=16)
     train(TINY, _tc(epochs=1), ds, tmp_path / "r", progress=False)
     (tmp_path / "r" / LAST / "optimizer.safetensors").write_bytes(b"torn")
-    with pytest.raises(CheckpointError, match="does not match state.json"):
+    with pytest.raises(CheckpointError, match=r"does not match state\.json"):
         train(TINY, _tc(epochs=2), ds, tmp_path / "r", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(TINY, _tc(epochs=2), ds, tmp_path / "fresh", resume=True, progress=False)

@@ -97,7 +97,7 @@ def test_truncated_image_is_named(tmp_path: Path) -> None:
     bad = root / "cats" / "broken.png"
     data = (root / "cats" / "0.png").read_bytes()
     bad.write_bytes(data[: len(data) // 3])
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         load_image_folder(root, size=16)
 
 
@@ -117,23 +117,23 @@ def test_npz_loading_and_errors(tmp_path: Path) -> None:
     assert images.shape == (5, 1, 8, 8) and labels.tolist() == [0, 1, 2, 3, 4]
     no_images = tmp_path / "noimg.npz"
     np.savez(no_images, pictures=np.zeros((5, 8, 8)))
-    with pytest.raises(DataError, match="noimg.npz.*'images'"):
+    with pytest.raises(DataError, match=r"noimg\.npz.*'images'"):
         load_npz(no_images)
     bad_labels = tmp_path / "badlab.npz"
     np.savez(bad_labels, images=np.zeros((5, 8, 8), np.uint8), labels=np.array([0, 1, 2, 3, 12]))
-    with pytest.raises(DataError, match="badlab.npz.*labels"):
+    with pytest.raises(DataError, match=r"badlab\.npz.*labels"):
         load_dataset(bad_labels, size=8, num_classes=10)
     negative = tmp_path / "neg.npz"
     np.savez(negative, images=np.zeros((5, 8, 8), np.uint8), labels=np.array([0, 1, -2, 3, 1]))
-    with pytest.raises(DataError, match="neg.npz"):
+    with pytest.raises(DataError, match=r"neg\.npz"):
         load_npz(negative)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="garbage.npz"):
+    with pytest.raises(DataError, match=r"garbage\.npz"):
         load_npz(garbage)
     pickled = tmp_path / "obj.npz"
     np.savez(pickled, images=np.array([object()] * 3, dtype=object))
-    with pytest.raises(DataError, match="obj.npz"):
+    with pytest.raises(DataError, match=r"obj\.npz"):
         load_npz(pickled)
 
 
