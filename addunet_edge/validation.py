@@ -1,0 +1,640 @@
+"""Drift of every artifact (ONNX fp32 / fp16 / int8, TensorRT plans) against the PyTorch checkpoint it came from."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import read_manifest, sha256_file
+from .errors import AddUNetEdgeError, ArtifactError, CheckpointError, ConfigError, DataError, ShapeError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "addunet-edge/validate"
+SCHEMA_VERSION = 1
+DEFAULT_SIGMAS: tuple[float, ...] = (15.0, 25.0, 50.0)
+# Crops shown in crops.png: this many images, cut to at most this size around their centre.
+SAMPLE_IMAGES = 3
+SAMPLE_CROP = 96
+_MAX_CHAIN = 4  # int8 -> fp32 onnx -> checkpoint is 2 hops; plans add one
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much worse than PyTorch an artifact may be: PSNR drift (dB) and accuracy drop (points)."""
+
+    max_psnr_drift_db: float
+    max_acc_drop_pt: float
+
+    def __post_init__(self) -> None:
+        if not (self.max_psnr_drift_db >= 0 and self.max_acc_drop_pt >= 0):
+            raise ConfigError(
+                f"budgets are magnitudes and must be >= 0, got {self.max_psnr_drift_db} dB, {self.max_acc_drop_pt} pt"
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# Default budgets per precision. fp32 should reproduce PyTorch to float rounding; fp16 measured under
+# 0.001 dB on our models (the budget leaves room for other data); int8 is the DESIGN's target of
+# 0.16-0.26 dB with BatchNorm + bounded states, rounded up.
+DEFAULT_BUDGETS: dict[str, Budget] = {
+    "fp32": Budget(max_psnr_drift_db=0.01, max_acc_drop_pt=0.0),
+    "fp16": Budget(max_psnr_drift_db=0.05, max_acc_drop_pt=0.2),
+    "int8": Budget(max_psnr_drift_db=0.3, max_acc_drop_pt=1.0),
+}
+
+
+def resolve_budgets(
+    max_psnr_drift_db: float | None = None,
+    max_acc_drop_pt: float | None = None,
+    base: Mapping[str, Budget] | None = None,
+) -> dict[str, Budget]:
+    """The per-precision budget table with the given limits (when not None) applied to every precision."""
+    table = dict(DEFAULT_BUDGETS if base is None else base)
+    return {
+        p: Budget(
+            max_psnr_drift_db=b.max_psnr_drift_db if max_psnr_drift_db is None else float(max_psnr_drift_db),
+            max_acc_drop_pt=b.max_acc_drop_pt if max_acc_drop_pt is None else float(max_acc_drop_pt),
+        )
+        for p, b in table.items()
+    }
+
+
+@dataclass
+class Row:
+    """One engine at one noise level. Drift and drop are against the PyTorch reference at the same sigma."""
+
+    artifact: str
+    backend: str
+    precision: str
+    target: str | None
+    sigma: float
+    images: int
+    psnr_db: float
+    ssim: float
+    noisy_psnr_db: float
+    psnr_drift_db: float  # negative = worse than PyTorch
+    fidelity_psnr_db: float  # PSNR of this engine's output against PyTorch's output (inf if identical)
+    max_abs_error: float  # of `denoised` against PyTorch's
+    logits_max_abs_error: float
+    accuracy: float  # NaN without classes or labels
+    accuracy_drop_pt: float  # percentage points, positive = worse
+    agreement: float  # top-1 agreement with PyTorch
+    reference: bool
+    budget: Budget | None
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: _json_number(v) for k, v in asdict(self).items()}
+        d["budget"] = None if self.budget is None else self.budget.to_dict()
+        return d
+
+
+@dataclass
+class ArtifactSummary:
+    artifact: str
+    backend: str
+    precision: str
+    target: str | None
+    budget: Budget | None
+    passed: bool
+    worst_psnr_drift_db: float
+    worst_accuracy_drop_pt: float
+    reference: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: _json_number(v) for k, v in asdict(self).items()}
+        d["budget"] = None if self.budget is None else self.budget.to_dict()
+        return d
+
+
+@dataclass
+class Samples:
+    """A few crops at one sigma for the figure: clean, noisy and each engine's output (same order as summaries)."""
+
+    sigma: float
+    clean: np.ndarray  # (S, C, h, w)
+    noisy: np.ndarray
+    outputs: list[np.ndarray]
+
+
+@dataclass
+class ValidationResult:
+    checkpoint: str
+    dataset: dict[str, Any]
+    sigmas: tuple[float, ...]
+    seed: int
+    rows: list[Row]
+    artifacts: list[ArtifactSummary]  # the reference first
+    budgets: dict[str, Budget]
+    warnings: list[str] = field(default_factory=list)
+    samples: Samples | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    @property
+    def failed(self) -> list[ArtifactSummary]:
+        return [a for a in self.artifacts if not a.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint": self.checkpoint,
+            "dataset": self.dataset,
+            "sigmas": list(self.sigmas),
+            "seed": self.seed,
+            "budgets": {p: b.to_dict() for p, b in self.budgets.items()},
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "rows": [r.to_dict() for r in self.rows],
+            "warnings": list(self.warnings),
+            "passed": self.passed,
+        }
+
+
+def _json_number(v: Any) -> Any:
+    # JSON has no NaN / inf: "not applicable" (NaN) and "identical" (inf) both become null.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# -- provenance: does an artifact belong to the checkpoint? ----------------------------------------------
+
+
+@dataclass
+class Provenance:
+    model: dict[str, Any] | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
+    weights_sha256: str | None = None
+    chain: list[str] = field(default_factory=list)
+    broken: str | None = None  # why the chain back to a checkpoint could not be followed
+
+
+def trace_provenance(artifact: str | Path, manifest: Mapping[str, Any] | None) -> Provenance:
+    """Follow manifests back to the exported ONNX (int8 / fp16 / plan -> fp32 ONNX -> checkpoint).
+
+    fp16 and int8 manifests name the ONNX they were made from (a file beside them) and its sha256; the
+    exported fp32 ONNX's manifest carries the model config and the checkpoint's weights hash.
+    """
+    prov = Provenance()
+    path, m = Path(artifact), manifest
+    for _ in range(_MAX_CHAIN):
+        if m is None:
+            prov.broken = prov.broken or f"{path.name} has no manifest"
+            return prov
+        prov.chain.append(path.name)
+        if prov.in_channels is None:
+            c = m.get("in_channels", m.get("channels"))
+            prov.in_channels = int(c) if isinstance(c, int) else None
+        if prov.num_classes is None and isinstance(m.get("num_classes"), int):
+            prov.num_classes = int(m["num_classes"])
+        source = m.get("source")
+        if isinstance(m.get("model"), dict):
+            prov.model = dict(m["model"])
+            if isinstance(source, dict):
+                prov.weights_sha256 = source.get("weights_sha256")
+            return prov
+        if not isinstance(source, str):
+            prov.broken = f"{path.name}'s manifest names no source"
+            return prov
+        parent = path.parent / source
+        if not parent.is_file():
+            prov.broken = f"{source} (which {path.name} was made from) is not beside it"
+            return prov
+        expected = m.get("source_sha256")
+        if isinstance(expected, str) and sha256_file(parent) != expected:
+            prov.broken = f"{parent} changed after {path.name} was made from it"
+            return prov
+        try:
+            m = read_manifest(parent, verify_hash=True)
+        except ArtifactError as e:
+            prov.broken = str(e)
+            return prov
+        path = parent
+    prov.broken = f"the manifest chain of {Path(artifact).name} is longer than {_MAX_CHAIN} files"
+    return prov
+
+
+def _normalise_config(d: Mapping[str, Any]) -> dict[str, Any]:
+    from .model import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(dict(d)).to_dict()
+    except ConfigError:
+        return dict(d)  # compared key by key below, which names what differs
+
+
+def check_compatible(
+    checkpoint: Path,
+    config: Mapping[str, Any],
+    weights_sha256: str | None,
+    artifact: Path,
+    prov: Provenance,
+    info_channels: int,
+    info_classes: int,
+) -> list[str]:
+    """Raise ArtifactError if `artifact` was not made from a model like `checkpoint`'s; return warnings."""
+    problems: list[str] = []
+    ref = _normalise_config(config)
+    if prov.model is not None:
+        got = _normalise_config(prov.model)
+        for key in sorted(set(ref) | set(got)):
+            if ref.get(key) != got.get(key):
+                problems.append(f"{key} {got.get(key)!r} (artifact) vs {ref.get(key)!r} (checkpoint)")
+    channels = prov.in_channels if prov.in_channels is not None else info_channels
+    classes = prov.num_classes if prov.num_classes is not None else info_classes
+    if channels != ref["in_channels"] and not any(p.startswith("in_channels") for p in problems):
+        problems.append(f"in_channels {channels} (artifact) vs {ref['in_channels']} (checkpoint)")
+    if classes != ref["num_classes"] and not any(p.startswith("num_classes") for p in problems):
+        problems.append(f"num_classes {classes} (artifact) vs {ref['num_classes']} (checkpoint)")
+    if problems:
+        raise ArtifactError(
+            f"{artifact} does not belong to checkpoint {checkpoint}: {'; '.join(problems)}. "
+            "Export (and calibrate / build) it again from this checkpoint, or pass the checkpoint it came from"
+        )
+    warnings: list[str] = []
+    if prov.broken is not None:
+        warnings.append(
+            f"{artifact}: cannot trace it back to a checkpoint ({prov.broken}); only its channels and classes "
+            "were checked against the checkpoint"
+        )
+    elif prov.weights_sha256 and weights_sha256 and prov.weights_sha256 != weights_sha256:
+        warnings.append(
+            f"{artifact} was exported from other weights (sha256 {prov.weights_sha256[:12]}…) than {checkpoint} "
+            f"({weights_sha256[:12]}…): a re-trained checkpoint? Its drift then compares two trainings"
+        )
+    return warnings
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+def _load_eval_set(
+    dataset: str | Path | None, meta: Mapping[str, Any], in_channels: int, num_classes: int, limit: int | None
+) -> tuple[Any, dict[str, Any]]:
+    from .data import EvalSet, load_dataset
+
+    data_meta = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    from_checkpoint = dataset is None
+    source = data_meta.get("source") if from_checkpoint else str(dataset)
+    if not source:
+        raise DataError("the checkpoint records no dataset: pass --dataset digits|photos|PATH")
+    size = int(data_meta.get("size", 32))
+    # The held-out split depends on the seed the checkpoint was trained with, not on the noise seed.
+    split_seed = int(data_meta.get("seed", 0))
+    try:
+        ds = load_dataset(source, size=size, in_channels=in_channels, seed=split_seed, num_classes=num_classes or None)
+    except DataError as e:
+        if from_checkpoint:
+            raise DataError(f"{e} (the dataset recorded in the checkpoint); pass --dataset to choose another") from None
+        raise
+    test = ds.test
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {limit}")
+        test = EvalSet(test.clean[:limit], None if test.labels is None else test.labels[:limit])
+    labels = test.labels if num_classes > 0 else None
+    test = EvalSet(test.clean, labels)
+    description = {
+        "source": str(source),
+        "name": ds.name,
+        "split": "test",
+        "split_seed": split_seed,
+        "images": len(test),
+        "image_shape": list(test.clean.shape[1:]),
+        "labels": labels is not None,
+    }
+    return test, description
+
+
+# -- running engines ---------------------------------------------------------------------------------
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def _run(engine: Any, noisy: np.ndarray, batch: int, advance: Any) -> tuple[np.ndarray, np.ndarray]:
+    outs, logits = [], []
+    for i in range(0, len(noisy), batch):
+        pred = engine(noisy[i : i + batch])
+        outs.append(np.asarray(pred.denoised, dtype=np.float32))
+        logits.append(np.asarray(pred.logits, dtype=np.float32))
+        advance()
+    return np.concatenate(outs), np.concatenate(logits)
+
+
+def _engine_batch(profile: Any, batch: int, n: int, shape: tuple[int, int, int], artifact: Path) -> int:
+    """The batch this engine runs at (capped by its profile), checked against the profile before inference."""
+    b = min(batch, n)
+    if profile.max_batch is not None:
+        b = min(b, int(profile.max_batch))
+    last = n % b or b
+    try:
+        for size in {b, last}:
+            profile.check((size, *shape))
+    except ShapeError as e:
+        raise ArtifactError(
+            f"{artifact} cannot run the test images: {e}. Rebuild it with a profile that covers "
+            f"batch {last}..{b} at {shape[1]}x{shape[2]}, or choose another --batch / --dataset"
+        ) from None
+    return b
+
+
+def _sample_indices(clean: np.ndarray) -> np.ndarray:
+    """The most textured images (largest spread of the centre crop): flat sky shows nothing of the drift."""
+    spread = _crop(clean).reshape(len(clean), -1).std(axis=1)
+    return np.sort(np.argsort(-spread, kind="stable")[:SAMPLE_IMAGES])
+
+
+def _crop(x: np.ndarray) -> np.ndarray:
+    h, w = x.shape[-2:]
+    ch, cw = min(h, SAMPLE_CROP), min(w, SAMPLE_CROP)
+    y, z = (h - ch) // 2, (w - cw) // 2
+    return x[..., y : y + ch, z : z + cw]
+
+
+def _metrics(
+    den: np.ndarray,
+    logits: np.ndarray,
+    clean: np.ndarray,
+    labels: np.ndarray | None,
+    ref: tuple[np.ndarray, np.ndarray, float, float] | None,
+) -> dict[str, float]:
+    from .metrics import accuracy, agreement, max_abs_error, psnr, ssim
+
+    # PSNR / SSIM of the delivered image (clipped to [0, 1], as `run` writes it); errors against the
+    # reference use the raw outputs, so nothing is hidden by the clip.
+    shown = np.clip(den, 0.0, 1.0)
+    out = {"psnr_db": psnr(shown, clean), "ssim": ssim(shown, clean)}
+    acc = accuracy(logits, labels) if labels is not None else float("nan")
+    out["accuracy"] = acc
+    if ref is None:
+        out.update(
+            psnr_drift_db=0.0,
+            fidelity_psnr_db=float("inf"),
+            max_abs_error=0.0,
+            logits_max_abs_error=0.0,
+            accuracy_drop_pt=0.0 if math.isfinite(acc) else float("nan"),
+            agreement=agreement(logits, logits),
+        )
+        return out
+    ref_den, ref_logits, ref_psnr, ref_acc = ref
+    out.update(
+        psnr_drift_db=out["psnr_db"] - ref_psnr,
+        fidelity_psnr_db=psnr(den, ref_den),
+        max_abs_error=max_abs_error(den, ref_den),
+        logits_max_abs_error=max_abs_error(logits, ref_logits),
+        accuracy_drop_pt=100.0 * (ref_acc - acc),
+        agreement=agreement(logits, ref_logits),
+    )
+    return out
+
+
+def _breaks(m: Mapping[str, float], budget: Budget) -> bool:
+    drift, drop = m["psnr_drift_db"], m["accuracy_drop_pt"]
+    # A NaN drift (no clean image to compare) cannot pass silently.
+    return (
+        not math.isfinite(drift)
+        or drift < -budget.max_psnr_drift_db
+        or (math.isfinite(drop) and drop > budget.max_acc_drop_pt)
+    )
+
+
+def validate(
+    checkpoint: str | Path,
+    artifacts: Sequence[str | Path],
+    *,
+    dataset: str | Path | None = None,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    limit: int | None = None,
+    batch: int = 64,
+    seed: int = 0,
+    budgets: Mapping[str, Budget] | Budget | None = None,
+    progress: bool = True,
+    engine_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ValidationResult:
+    """Run the checkpoint (PyTorch, the reference) and every artifact on the same noisy test images.
+
+    `dataset` defaults to the one recorded in the checkpoint; the held-out test split is used. Noise is
+    seeded by `seed` per sigma, so every engine sees identical inputs. `budgets` maps a precision to its
+    Budget (default DEFAULT_BUDGETS) or is one Budget for all. `engine_options` maps a backend name
+    ('torch', 'onnxruntime', 'tensorrt') to options for open_engine. Artifacts that do not belong to the
+    checkpoint raise ArtifactError before any inference; budget failures are reported in the result
+    (`result.passed`), not raised.
+    """
+    from .engines import backend_for, open_engine
+
+    checkpoint = Path(checkpoint)
+    paths = [Path(a) for a in artifacts]
+    sigma_list = tuple(float(s) for s in sigmas)
+    if not sigma_list or any(s < 0 for s in sigma_list):
+        raise ConfigError(f"sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    if backend_for(checkpoint) != "torch":
+        raise CheckpointError(f"{checkpoint} is not a checkpoint folder: the reference must be a PyTorch checkpoint")
+    table = (
+        {p: budgets for p in DEFAULT_BUDGETS}
+        if isinstance(budgets, Budget)
+        else dict(DEFAULT_BUDGETS if budgets is None else budgets)
+    )
+    options = {k: dict(v) for k, v in (engine_options or {}).items()}
+    warnings: list[str] = []
+
+    with contextlib.ExitStack() as stack:
+        ref_engine = stack.enter_context(open_engine(checkpoint, **options.get("torch", {})))
+        meta = ref_engine.meta
+        config = ref_engine.model.config.to_dict()
+        weights_sha = ref_engine.info.source_sha256
+        engines = []
+        # Every artifact is opened and checked against the checkpoint before anything runs.
+        for path in paths:
+            engine = stack.enter_context(open_engine(path, **options.get(backend_for(path), {})))
+            info = engine.info
+            manifest = getattr(engine, "manifest", None)
+            if info.backend == "torch":
+                prov = Provenance(
+                    model=engine.model.config.to_dict(),
+                    in_channels=info.profile.channels,
+                    num_classes=info.num_classes,
+                    weights_sha256=info.source_sha256,
+                    chain=[path.name],
+                )
+            else:
+                prov = trace_provenance(path, manifest)
+            warnings += check_compatible(
+                checkpoint, config, weights_sha, path, prov, info.profile.channels, info.num_classes
+            )
+            precision = str(info.precision)
+            if precision not in table:
+                raise ConfigError(f"no drift budget for precision {precision!r} of {path}; known: {sorted(table)}")
+            target = (manifest or {}).get("target") if isinstance(manifest, dict) else None
+            engines.append((path, engine, info, precision, target))
+        for w in warnings:
+            log.warning(w)
+
+        test, description = _load_eval_set(dataset, meta, config["in_channels"], config["num_classes"], limit)
+        n = len(test)
+        shape = tuple(test.clean.shape[1:])
+        batches = [_engine_batch(e.info.profile, batch, n, shape, p) for p, e, *_ in engines]
+        ref_batch = min(batch, n)
+        picks = _sample_indices(test.clean)
+        sample_sigma = min(sigma_list, key=lambda s: abs(s - 25.0))
+
+        rows: list[Row] = []
+        summaries: list[ArtifactSummary] = []
+        sample_outputs: list[np.ndarray] = []
+        total = len(sigma_list) * (-(-n // ref_batch) + sum(-(-n // b) for b in batches))
+        with _progress(progress) as bar:
+            task = bar.add_task("PyTorch reference", total=total)
+
+            def advance() -> None:
+                bar.advance(task)
+
+            refs: dict[float, tuple[np.ndarray, np.ndarray, float, float]] = {}
+            noisy_by_sigma: dict[float, np.ndarray] = {}
+            ref_rows: list[Row] = []
+            for sigma in sigma_list:
+                noisy = test.noisy(sigma, seed)
+                noisy_by_sigma[sigma] = noisy
+                den, logits = _run(ref_engine, noisy, ref_batch, advance)
+                m = _metrics(den, logits, test.clean, test.labels, None)
+                refs[sigma] = (den, logits, m["psnr_db"], m["accuracy"])
+                ref_rows.append(_row(checkpoint, ref_engine.info, "fp32", None, sigma, n, noisy, test.clean, m, True))
+                if sigma == sample_sigma:
+                    sample_outputs.append(_crop(den[picks]))
+            rows += ref_rows
+            summaries.append(_summary(checkpoint, ref_engine.info, "fp32", None, None, ref_rows, reference=True))
+
+            for (path, engine, info, precision, target), b in zip(engines, batches, strict=True):
+                bar.update(task, description=f"{path.name} ({info.backend}, {precision})")
+                budget = table[precision]
+                art_rows = []
+                for sigma in sigma_list:
+                    noisy = noisy_by_sigma[sigma]
+                    den, logits = _run(engine, noisy, b, advance)
+                    m = _metrics(den, logits, test.clean, test.labels, refs[sigma])
+                    row = _row(path, info, precision, target, sigma, n, noisy, test.clean, m)
+                    row.budget, row.passed = budget, not _breaks(m, budget)
+                    art_rows.append(row)
+                    if sigma == sample_sigma:
+                        sample_outputs.append(_crop(den[picks]))
+                engine.close()  # free its session now rather than at the end
+                rows += art_rows
+                summaries.append(_summary(path, info, precision, target, budget, art_rows))
+
+        samples = Samples(
+            sigma=sample_sigma,
+            clean=_crop(test.clean[picks]),
+            noisy=_crop(noisy_by_sigma[sample_sigma][picks]),
+            outputs=sample_outputs,
+        )
+    return ValidationResult(
+        checkpoint=str(checkpoint),
+        dataset=description,
+        sigmas=sigma_list,
+        seed=seed,
+        rows=rows,
+        artifacts=summaries,
+        budgets=table,
+        warnings=warnings,
+        samples=samples,
+    )
+
+
+def _row(
+    path: Path,
+    info: Any,
+    precision: str,
+    target: str | None,
+    sigma: float,
+    n: int,
+    noisy: np.ndarray,
+    clean: np.ndarray,
+    m: Mapping[str, float],
+    reference: bool = False,
+) -> Row:
+    from .metrics import psnr
+
+    return Row(
+        artifact=str(path),
+        backend=str(info.backend),
+        precision=precision,
+        target=target,
+        sigma=sigma,
+        images=n,
+        psnr_db=m["psnr_db"],
+        ssim=m["ssim"],
+        noisy_psnr_db=psnr(noisy, clean),
+        psnr_drift_db=m["psnr_drift_db"],
+        fidelity_psnr_db=m["fidelity_psnr_db"],
+        max_abs_error=m["max_abs_error"],
+        logits_max_abs_error=m["logits_max_abs_error"],
+        accuracy=m["accuracy"],
+        accuracy_drop_pt=m["accuracy_drop_pt"],
+        agreement=m["agreement"],
+        reference=reference,
+        budget=None,
+        passed=True,
+    )
+
+
+def _summary(
+    path: Path,
+    info: Any,
+    precision: str,
+    target: str | None,
+    budget: Budget | None,
+    rows: list[Row],
+    reference: bool = False,
+) -> ArtifactSummary:
+    drops = [r.accuracy_drop_pt for r in rows if math.isfinite(r.accuracy_drop_pt)]
+    return ArtifactSummary(
+        artifact=str(path),
+        backend=str(info.backend),
+        precision=precision,
+        target=target,
+        budget=budget,
+        passed=all(r.passed for r in rows),
+        worst_psnr_drift_db=min(r.psnr_drift_db for r in rows),
+        worst_accuracy_drop_pt=max(drops) if drops else float("nan"),
+        reference=reference,
+    )
+
+
+def budget_error(result: ValidationResult) -> AddUNetEdgeError:
+    """The BudgetError (exit code 3) that names every artifact over its budget."""
+    from .errors import BudgetError
+
+    parts = []
+    for a in result.failed:
+        b = a.budget
+        limits = "" if b is None else f" (budget {b.max_psnr_drift_db:g} dB / {b.max_acc_drop_pt:g} pt)"
+        drop = "" if math.isnan(a.worst_accuracy_drop_pt) else f", accuracy drop {a.worst_accuracy_drop_pt:.2f} pt"
+        parts.append(f"{a.artifact}: drift {a.worst_psnr_drift_db:+.4f} dB{drop}{limits}")
+    return BudgetError(f"{len(parts)} artifact(s) break their drift budget: " + "; ".join(parts))
