@@ -81,9 +81,11 @@ def quickstart(
     from .validation import validate, write_reports
 
     t = clock()
-    validated = [p for k, p in arts.items()]
-    result.validation = validate(ckpt, validated, sigmas=(15.0, 25.0, 50.0))
+    result.validation = validate(ckpt, list(arts.values()), sigmas=(15.0, 25.0, 50.0))
     write_reports(result.validation, out / "report")
+    from .reports import rich_table
+
+    console.print(rich_table(result.validation))
     result.timings_s["validate"] = clock() - t
 
     console.print(Rule(f"5/5 bench at 1x1x256x256, {threads} threads, PyTorch eager fp32 as the baseline"))
@@ -119,3 +121,26 @@ def quickstart(
         },
     )
     return result
+
+
+def render_summary(result: QuickstartResult, out: Path, console: Console) -> None:
+    """Where everything is, and the figures a user looks at first."""
+    from rich.table import Table
+
+    console.print(Rule("quickstart done"))
+    table = Table(show_header=False, box=None)
+    table.add_row("checkpoint", str(result.checkpoint))
+    for tag, path in result.artifacts.items():
+        table.add_row(tag, str(path))
+    table.add_row("validation", f"{out / 'report'} (report.md, validation.json, crops.png, drift.png)")
+    table.add_row("benchmark", f"{out / 'bench'} (bench.md, bench.json, bench.csv, latency.png)")
+    for step, seconds in result.timings_s.items():
+        table.add_row(f"time: {step}", f"{seconds:.0f} s")
+    console.print(table)
+    if result.validation is not None:
+        verdict = (
+            "[green]every artifact within its drift budget[/]"
+            if result.validation.passed
+            else ("[red]some artifact broke its drift budget (see the table)[/]")
+        )
+        console.print(verdict)

@@ -15,7 +15,17 @@ app = typer.Typer(
 )
 
 # Each module defines register(app). Order is the order of `--help`.
-_COMMAND_MODULES: tuple[str, ...] = ("train", "build", "calibrate", "validate", "run", "doctor")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "quickstart",
+    "train",
+    "build",
+    "calibrate",
+    "validate",
+    "bench",
+    "compare",
+    "run",
+    "doctor",
+)
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ..artifacts import atomic_write_text, output_lock
+from ..engines import options_for
 from ..errors import ConfigError
 from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary, deepstream_config
 from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console, parse_sizes
@@ -36,23 +37,6 @@ _RUN_HELP_PARAGRAPHS = (
     "being written is closed and kept (a camera recording ends that way) and is listed as partial.",
 )
 RUN_HELP = "\n\n".join(_RUN_HELP_PARAGRAPHS)
-
-
-def _engine_options(artifact: Path, device: str, threads: int) -> dict[str, Any]:
-    """Map the shared --device / --threads options onto what each backend takes."""
-    from ..engines import backend_for
-
-    backend = backend_for(artifact)
-    if backend == "torch":
-        return {"device": device, "threads": threads}
-    if backend == "onnxruntime":
-        return {"providers": ("cuda", "cpu") if device.startswith("cuda") else ("cpu",), "threads": threads}
-    if device == "cpu":
-        raise ConfigError("a TensorRT plan runs on a GPU: pass --device cuda or cuda:N")
-    index = device.partition(":")[2]
-    if index and not index.isdigit():
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    return {"device": int(index or 0)}
 
 
 def _print_summary(summary: RunSummary, out: Path) -> None:
@@ -103,7 +87,7 @@ def register(app: typer.Typer) -> None:
 
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
-        options = _engine_options(artifact, device, threads)
+        options = options_for(artifact, device, threads)
         with output_lock(out), open_engine(artifact, **options) as engine:
             denoiser = FrameDenoiser(engine, tile=tile, overlap=overlap, batch_size=batch_size)
             progress = Progress(

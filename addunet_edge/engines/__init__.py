@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile, Prediction
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
@@ -30,6 +30,23 @@ def backend_for(path: str | Path) -> str:
     raise ArtifactError(
         f"cannot tell which backend runs {path}: expected a checkpoint folder, an .onnx or a .plan file"
     )
+
+
+def options_for(
+    artifact: str | Path, device: str = "cpu", threads: int = 0, cuda_graph: bool = False
+) -> dict[str, Any]:
+    """The keyword options each backend takes for one --device / --threads / --cuda-graph choice."""
+    backend = backend_for(artifact)
+    if backend == "torch":
+        return {"device": device, "threads": threads}
+    if backend == "onnxruntime":
+        return {"providers": ("cuda", "cpu") if device.startswith("cuda") else ("cpu",), "threads": threads}
+    if device == "cpu":
+        raise ConfigError(f"{artifact} is a TensorRT plan, which runs on a GPU: pass --device cuda or cuda:N")
+    index = device.partition(":")[2]
+    if not device.startswith("cuda") or (index and not index.isdigit()):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return {"device": int(index or 0), "cuda_graph": cuda_graph}
 
 
 def open_engine(path: str | Path, **options: Any) -> Engine:
@@ -57,4 +74,5 @@ __all__ = [
     "Prediction",
     "backend_for",
     "open_engine",
+    "options_for",
 ]
