@@ -29,7 +29,7 @@ def report_table(report: dict[str, Any]) -> Table:
     orig, tuned = report["original"], report["finetuned"]
     o_int8 = orig.get("int8", {})
     table.add_row(
-        "original (percentile)",
+        "original",
         _fmt(orig["fp32"]["psnr_db"]),
         _acc(orig["fp32"]),
         _fmt(o_int8.get("psnr_db")),
@@ -39,7 +39,7 @@ def report_table(report: dict[str, Any]) -> Table:
     )
     t_int8 = tuned["int8"]
     table.add_row(
-        "QAT fine-tuned",
+        "QAT",
         _fmt(tuned["fp32"]["psnr_db"]),
         _acc(tuned["fp32"]),
         _fmt(t_int8["psnr_db"]),
