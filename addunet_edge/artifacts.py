@@ -163,14 +163,22 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_file = folder / ".addunet-edge.lock"
+    busy = f"another addunet-edge run is writing into {folder}; wait for it or choose another --out"
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise LockError(
-            f"another addunet-edge run is writing into {folder}; wait for it or choose another --out"
-        ) from None
+        raise LockError(busy) from None
+    # The previous holder unlinks the file as it leaves: a lock won on that unlinked inode guards
+    # nothing (a third run would create and lock a new file), so it counts as busy.
+    try:
+        same = os.path.samestat(os.fstat(fd), os.stat(lock_file))
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        raise LockError(busy)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -84,8 +84,8 @@ def load_checkpoint(
     meta = read_checkpoint_meta(folder)
     try:
         config = ModelConfig.from_dict(meta.get("model", {}))
-    except ConfigError as e:
-        raise CheckpointError(f"{folder / CONFIG}: {e}") from None
+    except (ConfigError, TypeError, ValueError) as e:  # config.json is untrusted input: any bad value
+        raise CheckpointError(f"{folder / CONFIG}: invalid model config ({e})") from None
     weights = folder / WEIGHTS
     if verify_hash and weights.exists():
         actual = sha256_file(weights)
@@ -95,7 +95,10 @@ def load_checkpoint(
                 "re-save the checkpoint or restore both files together"
             )
     state = load_tensors(weights)
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as e:  # e.g. a fractional width in the JSON
+        raise CheckpointError(f"{folder / CONFIG}: cannot build the model it describes ({e})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 EVAL_TILE = 128  # held-out photographs are cut into tiles of this size so they stack into one batch
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused: protects against decompression bombs
 DEFAULT_SIGMA_RANGE = (5.0, 55.0)
+MAX_NPZ_BYTES = 8 << 30  # an .npz that unpacks to more is refused before it is inflated
 
 
 @dataclass
@@ -349,9 +353,24 @@ def load_image_folder(
     return stacked, labels, [d.name for d in class_dirs]
 
 
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an .npz whose members unpack to more than MAX_NPZ_BYTES (a zip bomb), before inflating any.
+
+    zipfile stops each member at its declared size, so the declared sizes bound what np.load can inflate.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except Exception:  # not a zip, or a broken one: np.load below turns it into a DataError saying why
+        return
+    if total > MAX_NPZ_BYTES:
+        raise DataError(f"{path}: unpacks to {total} bytes, more than the {MAX_NPZ_BYTES} allowed (a zip bomb?)")
+
+
 def load_npz(path: str | Path, size: int | None = None, channels: int | None = None):
     """An .npz with `images` (N, H, W[, C]) and optional `labels` (N,) -> (images (N, C, H, W), labels)."""
     path = Path(path)
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "images" not in npz.files:
@@ -360,8 +379,10 @@ def load_npz(path: str | Path, size: int | None = None, channels: int | None = N
             labels = npz["labels"] if "labels" in npz.files else None
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz ({e})") from None
+    except (OSError, ValueError, EOFError, MemoryError, KeyError, NotImplementedError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    except (RuntimeError, zlib.error, struct.error) as e:  # zipfile: encrypted member, corrupt deflate stream
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
     if raw.ndim not in (3, 4) or raw.shape[0] == 0:
         raise DataError(f"{path}: 'images' must be (N, H, W) or (N, H, W, C) with N > 0, got {raw.shape}")
     images = np.stack([to_float01(raw[i], f"{path}[{i}]") for i in range(raw.shape[0])])

@@ -438,16 +438,31 @@ def _load_last(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, mc: M
         state = read_json(folder / "state.json", what="resume state")
     except Exception as e:
         raise CheckpointError(str(e)) from None
-    if ModelConfig.from_dict(state["model"]) != mc:
+    digests = state.get("sha256")
+    required = ("model", "optimizer", "epoch", "epochs", "step", "best_val_loss", "rng")
+    if (
+        any(k not in state for k in required)
+        or not isinstance(digests, dict)
+        or set(digests) != {"model.safetensors", "optimizer.safetensors"}
+    ):
+        raise CheckpointError(f"{folder / 'state.json'} is incomplete or not a resume state; start a new run")
+    try:
+        same_model = ModelConfig.from_dict(state["model"]) == mc
+    except ConfigError as e:
+        raise CheckpointError(f"{folder / 'state.json'}: {e}") from None
+    if not same_model:
         raise CheckpointError(f"{folder} was trained with another model config; resume with the same options")
-    for name, digest in state.get("sha256", {}).items():
+    for name, digest in digests.items():
         if not (folder / name).exists() or sha256_file(folder / name) != digest:
             raise CheckpointError(
                 f"{folder / name} does not match state.json (interrupted while saving?); "
                 "the best checkpoint in the parent folder is intact, start a new run from it or retrain"
             )
-    model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=True)
-    _load_optimizer(opt, load_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+    try:
+        model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=True)
+        _load_optimizer(opt, load_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{folder} does not fit this model and optimizer ({e}); start a new run") from None
     return state
 
 

@@ -435,6 +435,14 @@ def _cache_keys(model_sha: str, data_sha: str, method: str, percentile: float | 
     return {"model_sha256": model_sha, "data_sha256": data_sha, "method": method, "percentile": percentile}
 
 
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    )
+
+
 def _read_cache(cache: Path, keys: dict[str, Any], names: list[str]) -> tuple[dict | None, str | None]:
     """(ranges, None) on a hit; (None, why) when the cache is absent, corrupt or made for something else."""
     if not cache.exists():
@@ -457,9 +465,13 @@ def _read_cache(cache: Path, keys: dict[str, Any], names: list[str]) -> tuple[di
                 f"ranges cache {cache} was made for another {label} ({obj.get(key)!s:.16} != "
                 f"{keys[key]!s:.16}); recomputing the ranges and replacing the cache"
             )
+    # Each range must be [lo, hi] of two JSON numbers: a string such as "12" would index into (1.0, 2.0),
+    # and an integer beyond float range overflows.
     try:
-        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in obj["ranges"].items()}
-    except (TypeError, ValueError, IndexError, KeyError):
+        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in obj["ranges"].items() if _is_pair(v)}
+    except OverflowError:
+        return None, f"ranges cache {cache} holds malformed ranges; recomputing the ranges"
+    if len(ranges) != len(obj["ranges"]):
         return None, f"ranges cache {cache} holds malformed ranges; recomputing the ranges"
     missing = [n for n in names if n not in ranges]
     if missing or not all(math.isfinite(a) and math.isfinite(b) and a <= b for a, b in ranges.values()):

@@ -20,6 +20,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "build",
     "calibrate",
+    "finetune",
     "validate",
     "bench",
     "compare",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .._lazy import require
+from .._lazy import available, require
 from ..artifacts import read_manifest
 from ..errors import ArtifactError
 from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile
@@ -37,6 +38,7 @@ class OnnxRuntimeEngine(Engine):
         if optimization not in _OPT_LEVELS:
             raise ArtifactError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
         self.manifest = read_manifest(self.path)  # refuses a hash mismatch; None if there is no manifest
+        check_external_data(self.path)
         self.providers, self.threads, self.optimization = providers, threads, optimization
         self.optimized_model_path = optimized_model_path
         self._session = None
@@ -116,3 +118,39 @@ class OnnxRuntimeEngine(Engine):
 
     def _deactivate(self) -> None:
         self._session = None
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX whose external tensor data lies outside its folder, before onnxruntime opens it.
+
+    Recent onnxruntime refuses such files too, but older ones (and other readers) follow the path: a
+    file from elsewhere could make the engine read any file the user can read.
+    """
+    if not available("onnx"):  # an edge box with onnxruntime alone relies on onnxruntime's own check
+        return
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, OSError, ...: the file is not an ONNX model
+        raise ArtifactError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e}); re-export it") from None
+    base = path.parent.resolve()
+    for tensor in _external_tensors(model.graph):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not location or Path(location).is_absolute() or not (base / location).resolve().is_relative_to(base):
+            raise ArtifactError(
+                f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder; "
+                "refusing to read it (re-export the model, or keep its .data file beside it)"
+            )
+
+
+def _external_tensors(graph: Any) -> list[Any]:  # an onnx GraphProto (onnx is imported lazily)
+    """Every tensor of `graph` and its sub-graphs that keeps its data in an external file."""
+    found = [t for t in graph.initializer if t.data_location == 1]  # TensorProto.EXTERNAL
+    found += [s.values for s in graph.sparse_initializer if s.values.data_location == 1]
+    for node in graph.node:
+        for attr in node.attribute:
+            found += [t for t in (attr.t, *attr.tensors) if t.data_location == 1]
+            for sub in (attr.g, *attr.graphs):
+                found += _external_tensors(sub)
+    return found
