@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_path, atomic_write_json, atomic_write_text, package_versions, read_manifest
+from .artifacts import atomic_write_json, atomic_write_text, package_versions, read_manifest
 from .engines import Engine, backend_for, open_engine, options_for
 from .errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
+from .plotting import pyplot, save_figure, unique_label
 
 SCHEMA = "addunet-edge/bench"
 SCHEMA_VERSION = 1
@@ -451,14 +452,6 @@ def _timings_for(backend: str, device: str) -> tuple[str, ...]:
     return ("compute", "end_to_end") if backend == "torch" else ("end_to_end",)
 
 
-def _unique(label: str, taken: set[str]) -> str:
-    out, k = label, 2
-    while out in taken:
-        out, k = f"{label} #{k}", k + 1
-    taken.add(out)
-    return out
-
-
 def _engine_label(artifact: Path, backend: str) -> str:
     return f"{artifact.name} (torch)" if backend == "torch" else artifact.name
 
@@ -572,7 +565,7 @@ def _open_contenders(
     baseline_engine = open_engine(baseline_path, device=device, threads=threads)
     opened.append(baseline_engine)
     _, baseline_model = lineage(baseline_path)
-    add(baseline_path, baseline_engine, True, baseline_model, _unique(f"{baseline_path.name} (torch)", taken))
+    add(baseline_path, baseline_engine, True, baseline_model, unique_label(f"{baseline_path.name} (torch)", taken))
     for path, given, _, model in items:
         if given is None and path.is_dir() and path.resolve() == baseline_path.resolve():
             continue  # the baseline is this artifact; it is timed once
@@ -581,7 +574,7 @@ def _open_contenders(
         else:
             engine = open_engine(path, **options_for(path, device, threads, cuda_graph))
             opened.append(engine)
-        add(path, engine, False, model, _unique(_engine_label(path, engine.backend), taken))
+        add(path, engine, False, model, unique_label(_engine_label(path, engine.backend), taken))
     return contenders, opened
 
 
@@ -935,10 +928,7 @@ def csv_report(result: BenchResult) -> str:
 
 def plot_latency(result: BenchResult, path: str | Path) -> Path:
     """PNG: median latency (band: min to p90) and throughput against batch size, one panel pair per size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = sorted({(r.height, r.width) for r in result.rows})
     series = list(dict.fromkeys((r.label, r.timing) for r in result.rows))
@@ -978,11 +968,7 @@ def plot_latency(result: BenchResult, path: str | Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_reports(

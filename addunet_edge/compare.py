@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import atomic_path, atomic_write_json, atomic_write_text, package_versions
+from .artifacts import atomic_write_json, atomic_write_text, package_versions
 from .data import PHOTO_SPLITS, add_noise, load_photo
 from .errors import AddUNetEdgeError, ConfigError, MissingDependencyError
 from .metrics import psnr, ssim
+from .plotting import pyplot, save_figure, unique_label
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -293,14 +294,6 @@ def noisy_copy(clean: np.ndarray, name: str, sigma: float, seed: int) -> np.ndar
     return add_noise(clean, sigma, rng)
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, k = name, 2
-    while candidate in taken:
-        candidate, k = f"{name} #{k}", k + 1
-    taken.add(candidate)
-    return candidate
-
-
 def _engine_denoiser(engine: Any) -> Denoise:
     def run(noisy: np.ndarray, sigma: float) -> np.ndarray:
         return np.asarray(engine(noisy[None]).denoised[0])
@@ -345,7 +338,7 @@ def compare(
         engines.append(engine)
         info = engine.info
         channels = info.profile.channels
-        name = _unique(f"{ckpt.name} ({info.backend} {info.precision})", taken)
+        name = unique_label(f"{ckpt.name} ({info.backend} {info.precision})", taken)
         methods.append(Method(name, "checkpoint", str(ckpt), {"engine": info.to_dict()}))
         denoisers[name] = _engine_denoiser(engine)
         for path in map(Path, artifacts):
@@ -357,11 +350,11 @@ def compare(
                     f"{path} takes {info.profile.channels} channel(s), the checkpoint {channels}: "
                     "compare artifacts made from this checkpoint"
                 )
-            name = _unique(f"{path.name} ({info.backend} {info.precision})", taken)
+            name = unique_label(f"{path.name} ({info.backend} {info.precision})", taken)
             methods.append(Method(name, "artifact", str(path), {"engine": info.to_dict()}))
             denoisers[name] = _engine_denoiser(engine)
         for key in baselines:
-            label = _unique(BASELINE_LABELS[key], taken)
+            label = unique_label(BASELINE_LABELS[key], taken)
             if key == "bm3d":
                 try:
                     require_bm3d()
@@ -371,7 +364,7 @@ def compare(
             details = {"tv_weight_by_sigma": {f"{s:g}": tv_weight(s) for s in sigmas}} if key == "tv" else {}
             methods.append(Method(label, "baseline", key, details))
             denoisers[label] = BASELINE_FUNCTIONS[key]
-        noisy_label = _unique("noisy input", taken)
+        noisy_label = unique_label("noisy input", taken)
         methods.insert(0, Method(noisy_label, "noisy", "-"))
 
         cleans = clean_images(images, channels, crop)
@@ -560,10 +553,7 @@ def detail_window(clean: np.ndarray, size: int) -> tuple[int, int, int]:
 def crops_figure(result: CompareResult, path: str | Path) -> Path:
     """PNG: one row per sigma; clean, noisy and each method's output on the detail window of the figure
     image. Titles carry the whole-image PSNR (the tables' number); the best of a row is bold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     image, (_, _, size) = result.figure_image, result.window
     methods = [m.name for m in result.methods]
@@ -592,11 +582,7 @@ def crops_figure(result: CompareResult, path: str | Path) -> Path:
             ax.set_title(title, fontsize=8.5, fontweight="bold" if bold else "normal")
     fig.suptitle(f"{image}: {size}x{size} detail crop; titles give whole-image PSNR (best in bold)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _short(name: str, width: int = 24) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .artifacts import atomic_path, atomic_write_json, atomic_write_text
+from .artifacts import atomic_write_json, atomic_write_text
+from .plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -154,25 +155,6 @@ def markdown(result: ValidationResult, figures: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window (also on a headless edge box)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bar_label(value: float, spec: str) -> str:
     # fp32 / fp16 drifts are 1e-7 .. 1e-4 dB: a fixed format would print them all as 0.000.
     if value != 0 and abs(value) < 10 ** -int(spec[-2]):
@@ -195,7 +177,7 @@ def plot_crops(result: ValidationResult, path: str | Path) -> Path:
     s = result.samples
     if s is None:
         raise ValueError("the result carries no sample crops")
-    plt = _pyplot()
+    plt = pyplot()
     columns = [("clean", s.clean), (f"noisy σ={s.sigma:g}", s.noisy)]
     columns += [
         ("PyTorch (reference)" if a.reference else f"{Path(a.artifact).name}\n{a.backend}, {a.precision}", out)
@@ -221,13 +203,13 @@ def plot_crops(result: ValidationResult, path: str | Path) -> Path:
     )
     fig.tight_layout()
     path = Path(path)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def plot_drift(result: ValidationResult, path: str | Path) -> Path:
     """Grouped bars of PSNR drift (and accuracy drop, with classes) per artifact and sigma, budget lines."""
-    plt = _pyplot()
+    plt = pyplot()
     arts = [a for a in result.artifacts if not a.reference]
     sigmas = list(result.sigmas)
     by_key = {(r.artifact, r.sigma): r for r in result.rows if not r.reference}
@@ -299,7 +281,7 @@ def plot_drift(result: ValidationResult, path: str | Path) -> Path:
     axes[-1, 0].set_xlabel("artifact")
     fig.tight_layout()
     path = Path(path)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 

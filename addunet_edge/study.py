@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import atomic_path, atomic_write_json, atomic_write_text, output_lock, package_versions
+from .artifacts import atomic_write_json, atomic_write_text, output_lock, package_versions
 from .errors import ConfigError
+from .plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -574,10 +575,7 @@ def markdown_report(result: dict[str, Any], figure: str | None = GATES_NAME) -> 
 
 def gates_figure(configs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Left: AddUNet's gates by level for each lambda (and photos), ± std over seeds. Right: depth ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [c for c in configs if c["arch"] == "addunet" and c["gates"]]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
@@ -618,8 +616,4 @@ def gates_figure(configs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax2.set_title("claim (a): ratio should rise with λ")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
