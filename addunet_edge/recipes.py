@@ -26,19 +26,23 @@ class Recipe:
     patch_size: int = 64
     patches_per_epoch: int = 2048
     minutes: float | None = None
+    cls_weight: float = 0.0  # lambda of L = MSE + lambda * CE (digits only)
 
 
-# digits: 32x32 images, 10 classes, sigma 25 (the paper's multi-task setting).
+# digits: 32x32 images, 10 classes, sigma 25 (the paper's multi-task setting). Measured (2-core CPU, seed 0):
+# 12 epochs at lambda 0.05 gave 28.58 dB / 93.3 %; 16 epochs at lambda 0.1 gave 28.70 dB / 98.1 %;
+# width 24 / depth 3 trailed both in accuracy (36 % at epoch 7 vs 87 %).
 DIGITS = Recipe(
     width=32,
     depth=4,
     kernel_sizes=(3,),
     resampling="none",
-    epochs=12,
+    epochs=16,
     sigma=(25.0, 25.0),
     val_sigma=25.0,
     lr=2e-3,
     batch_size=64,
+    cls_weight=0.1,
 )
 # photos: a blind gray denoiser on patches of scikit-image's photographs (held-out: camera, coins, astronaut).
 PHOTOS = Recipe(
@@ -50,7 +54,7 @@ PHOTOS = Recipe(
     sigma=DEFAULT_SIGMA_RANGE,
     val_sigma=25.0,
     lr=2e-3,
-    batch_size=32,
+    batch_size=64,
     patch_size=64,
     patches_per_epoch=1024,
     minutes=30.0,
@@ -73,7 +77,7 @@ def train_recipe(
     minutes: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
-    cls_weight: float = 0.05,
+    cls_weight: float | None = None,
     width: int | None = None,
     depth: int | None = None,
     kernel_sizes: str | None = None,
@@ -133,7 +137,7 @@ def train_recipe(
         epochs=epochs or recipe.epochs,
         batch_size=batch_size or recipe.batch_size,
         lr=lr or recipe.lr,
-        cls_weight=cls_weight if num_classes else 0.0,
+        cls_weight=(recipe.cls_weight if cls_weight is None else cls_weight) if num_classes else 0.0,
         sigma=sig,
         val_sigma=recipe.val_sigma if sig[0] != sig[1] else sig[0],
         seed=seed,

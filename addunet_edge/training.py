@@ -37,7 +37,7 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.02
     grad_clip: float = 1.0  # max global gradient norm
-    cls_weight: float = 0.05  # lambda in L = MSE + lambda * CE; 0 trains denoising alone
+    cls_weight: float = 0.1  # lambda in L = MSE + lambda * CE; 0 trains denoising alone
     sigma: tuple[float, float] = (25.0, 25.0)  # noise sigma range (0-255 scale); lo < hi = blind training
     val_sigma: float = 25.0
     seed: int = 0
