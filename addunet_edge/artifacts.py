@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from .errors import ArtifactError, LockError
 MANIFEST_SCHEMA = 1
 MANIFEST_SUFFIX = ".manifest.json"
 _HASH_CHUNK = 1 << 20
+# A full disk, a quota or a file size limit: the user can fix these, so they get a message, not a traceback.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -50,9 +53,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise ArtifactError(
+                f"could not write {path}: {os.strerror(e.errno)}; free some space (or raise the file size "
+                "limit) and run again. The previous file, if any, is untouched"
+            ) from e
         raise
 
 

@@ -527,7 +527,7 @@ def collect_ranges(
             atomic_write_json(
                 cache, {"schema": CACHE_SCHEMA, **keys, "ranges": {k: list(v) for k, v in ranges.items()}}
             )
-        except OSError as e:  # a read-only cache folder must not fail the calibration
+        except (OSError, ArtifactError) as e:  # a read-only or full cache folder must not fail the calibration
             messages.append(f"could not write the ranges cache {cache}: {e}")
             log.warning(messages[-1])
     return Ranges(ranges, from_cache=False, messages=messages, **meta)
