@@ -29,6 +29,7 @@ def quickstart(
     epochs: int | None = None,
     threads: int = 2,
     bench_iterations: int = 20,
+    bench_size: int = 256,
     console: Console | None = None,
     resume: bool = False,
 ) -> QuickstartResult:
@@ -78,17 +79,18 @@ def quickstart(
         result.notes.append(str(note))
 
     console.print(Rule("4/5 validate every artifact against PyTorch (sigma 15, 25, 50)"))
-    from .validation import validate, write_reports
+    from .reports import rich_table, write_reports
+    from .validation import validate
 
     t = clock()
     result.validation = validate(ckpt, list(arts.values()), sigmas=(15.0, 25.0, 50.0))
     write_reports(result.validation, out / "report")
-    from .reports import rich_table
-
     console.print(rich_table(result.validation))
     result.timings_s["validate"] = clock() - t
 
-    console.print(Rule(f"5/5 bench at 1x1x256x256, {threads} threads, PyTorch eager fp32 as the baseline"))
+    console.print(
+        Rule(f"5/5 bench at 1x1x{bench_size}x{bench_size}, {threads} threads, PyTorch eager fp32 as the baseline")
+    )
     from .benchmarking import bench
     from .benchmarking import write_reports as write_bench_reports
 
@@ -97,7 +99,7 @@ def quickstart(
         [arts["fp32"], arts["fp16"], arts["int8-cpu"], arts["int8-tensorrt"]],
         baseline=ckpt,
         batches=(1,),
-        sizes=((256, 256),),
+        sizes=((bench_size, bench_size),),
         threads=threads,
         iterations=bench_iterations,
     )

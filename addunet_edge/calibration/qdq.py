@@ -301,4 +301,9 @@ def _quantize_tensorrt(
                     continue
                 node.input[idx] = activation_dq(name)
     graph.node.extend(new_nodes)
+    # The float weights now behind int8 copies are dead: drop them (they would triple the file's size).
+    used = {i for n in graph.node for i in n.input} | outputs
+    live = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
     return model
