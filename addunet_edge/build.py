@@ -59,6 +59,16 @@ def calibration_arrays(
     return add_noise(clean, sigma, rng), clean, labels
 
 
+def budget_eval_arrays(
+    dataset: str, in_channels: int, *, sigma: float, seed: int, size: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Noisy, clean and labels of the validation split: where a drift budget is measured during calibration."""
+    from .data import load_dataset
+
+    ds = load_dataset(dataset, size=size, in_channels=in_channels, seed=seed)
+    return ds.val.noisy(sigma, seed), ds.val.clean, ds.val.labels
+
+
 def resolve_backend(backend: str) -> tuple[str, str | None]:
     """('tensorrt' | 'onnxruntime', a one-line note when auto fell back)."""
     if backend not in BACKENDS:
@@ -120,11 +130,13 @@ def make_precision_onnx(
     sigma: float = 25.0,
     seed: int = 0,
     exclude_nodes: tuple[str, ...] = (),
+    max_psnr_drift_db: float | None = None,
+    max_acc_drop_pt: float | None = None,
     progress: bool = True,
     result: BuildResult | None = None,
 ) -> Path:
     """Make (or reuse, when it is in place and matches its manifest) the ONNX of one precision."""
-    from .calibration import calibrate, convert_fp16
+    from .calibration import calibrate, convert_fp16, fallback_to_budget
     from .checkpoint import is_checkpoint
     from .export import export_onnx
 
@@ -149,6 +161,26 @@ def make_precision_onnx(
     out = onnx_path_for(out_dir, name, precision, target)
     if precision == "fp16":
         convert_fp16(fp32, out, calib=noisy[:32], progress=progress)
+    elif max_psnr_drift_db is not None or max_acc_drop_pt is not None:
+        # Keep the most sensitive nodes in float, as few as possible, until the budget holds.
+        eval_noisy, eval_clean, eval_labels = budget_eval_arrays(data, channels, sigma=sigma, seed=seed)
+        report = fallback_to_budget(
+            fp32,
+            out,
+            noisy,
+            eval_noisy,
+            eval_clean,
+            labels=eval_labels,
+            target=target,
+            method="percentile" if method == "auto" else method,
+            max_psnr_drift_db=max_psnr_drift_db if max_psnr_drift_db is not None else float("inf"),
+            max_acc_drop_pt=max_acc_drop_pt if max_acc_drop_pt is not None else 100.0,
+            exclude_nodes=exclude_nodes,
+            cache_dir=out_dir / ".calibration-cache",
+            progress=progress,
+        )
+        if result is not None:
+            result.calibration = report
     else:
         report = calibrate(
             fp32,
@@ -196,6 +228,8 @@ def build(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     sigma: float = 25.0,
     seed: int = 0,
+    max_psnr_drift_db: float | None = None,
+    max_acc_drop_pt: float | None = None,
     trt_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> BuildResult:
@@ -219,6 +253,8 @@ def build(
         calibration_images=calibration_images,
         sigma=sigma,
         seed=seed,
+        max_psnr_drift_db=max_psnr_drift_db,
+        max_acc_drop_pt=max_acc_drop_pt,
         progress=progress,
         result=result,
     )

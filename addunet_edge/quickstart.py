@@ -12,6 +12,11 @@ from rich.rule import Rule
 
 from .artifacts import atomic_write_json
 
+# Measured on the quickstart model: plain percentile calibration drifts -0.37 dB (cpu) / -0.41 dB (tensorrt)
+# at sigma 25 and up to -0.67 dB at sigma 15; keeping the 1x1 image head float alone brings cpu to -0.14 dB.
+INT8_DRIFT_DB = 0.15
+INT8_ACC_DROP_PT = 0.5
+
 
 @dataclass
 class QuickstartResult:
@@ -59,10 +64,13 @@ def quickstart(
     arts = result.artifacts
     arts["fp32"] = make_precision_onnx(ckpt, engines, "fp32")
     arts["fp16"] = make_precision_onnx(ckpt, engines, "fp16")
-    # cpu: unsigned activations, fast on ONNX Runtime x86; every calibration method tried, best kept.
-    arts["int8-cpu"] = make_precision_onnx(ckpt, engines, "int8", target="cpu", method="auto")
-    # tensorrt: the symmetric flavour a TensorRT plan needs; validated here for accuracy.
-    arts["int8-tensorrt"] = make_precision_onnx(ckpt, engines, "int8", target="tensorrt")
+    # cpu: unsigned activations, fast on ONNX Runtime x86. tensorrt: the symmetric flavour a TensorRT plan
+    # needs, validated here for accuracy. Both are held to a drift budget at sigma 25 tighter than
+    # validate's int8 default (the other sigmas drift more), keeping the fewest sensitive nodes in float.
+    for target in ("cpu", "tensorrt"):
+        arts[f"int8-{target}"] = make_precision_onnx(
+            ckpt, engines, "int8", target=target, max_psnr_drift_db=INT8_DRIFT_DB, max_acc_drop_pt=INT8_ACC_DROP_PT
+        )
     result.timings_s["export+quantize"] = clock() - t
 
     backend, note = resolve_backend("auto")

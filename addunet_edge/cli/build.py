@@ -56,6 +56,10 @@ def register(app: typer.Typer) -> None:
         ] = "percentile",
         calibration_images: Annotated[int, typer.Option(help="Calibration set size.")] = 256,
         sigma: SigmaOpt = 25.0,
+        max_psnr_drift: Annotated[
+            float | None, typer.Option(help="int8: keep sensitive nodes in float until drift <= this (dB).")
+        ] = None,
+        max_acc_drop: Annotated[float | None, typer.Option(help="int8: ... and accuracy drop <= this (pt).")] = None,
         batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
         sizes: Annotated[str, typer.Option(help="TensorRT profile HxW min,opt,max.")] = "64x64,256x256,1024x1024",
         workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit (MiB).")] = None,
@@ -95,6 +99,8 @@ def register(app: typer.Typer) -> None:
                 calibration_images=calibration_images,
                 sigma=sigma,
                 seed=seed,
+                max_psnr_drift_db=max_psnr_drift,
+                max_acc_drop_pt=max_acc_drop,
                 trt_options=trt_options,
             )
         for note in result.notes:
