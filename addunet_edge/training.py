@@ -319,6 +319,9 @@ def _train(
                 f", acc {100 * val['accuracy']:.1f}%" if "accuracy" in val else ""
             )
             bar.update(task, status=status)
+            if progress and dist.main and not bar.console.is_terminal:
+                # No live bar in a log file or CI: one line per epoch instead.
+                bar.console.print(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.5f}, {status}")
             if dist.main:
                 improved = val_loss < best
                 if improved:
