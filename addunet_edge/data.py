@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .media import IMAGE_SUFFIXES, read_image
 
 PHOTO_SPLITS: dict[str, tuple[str, ...]] = {
     "train": (
@@ -44,9 +45,7 @@ PHOTO_SPLITS: dict[str, tuple[str, ...]] = {
     "val": ("moon",),
     "test": ("camera", "coins", "astronaut"),
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 EVAL_TILE = 128  # held-out photographs are cut into tiles of this size so they stack into one batch
-MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused: protects against decompression bombs
 DEFAULT_SIGMA_RANGE = (5.0, 55.0)
 MAX_NPZ_BYTES = 8 << 30  # an .npz that unpacks to more is refused before it is inflated
 
@@ -222,31 +221,6 @@ def convert_channels(image: np.ndarray, channels: int, path: str | Path = "<arra
     raise DataError(f"{path}: cannot convert {c} channel(s) to {channels}")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file into its native array (H, W) or (H, W, C), uint8 or uint16; DataError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: {im.width}x{im.height} is larger than {MAX_IMAGE_PIXELS} pixels")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.uint16) if im.mode != "I" else np.asarray(im).astype(np.uint16)
-            elif im.mode in ("L", "RGB"):
-                arr = np.asarray(im)
-            elif im.mode == "1":
-                arr = np.asarray(im.convert("L"))
-            else:
-                arr = np.asarray(im.convert("RGB"))
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
-    return arr
-
-
 def _fit(image: np.ndarray, size: int) -> np.ndarray:
     """(C, H, W) -> (C, size, size): resize the shorter side to `size` then centre-crop."""
     import torch
@@ -330,7 +304,7 @@ def load_image_folder(
     else:
         files = [(f, -1) for f in _image_files(folder)]
     if not files:
-        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images: list[np.ndarray] = []
     seen_channels: dict[int, Path] = {}
     for path, _ in files:
