@@ -45,10 +45,16 @@ class ModelConfig:
     head_projection: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("in_channels", "width", "depth", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
         ks = self.kernel_sizes
         if isinstance(ks, int):
             ks = (ks,)
-        ks = tuple(int(k) for k in ks)
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+            raise ConfigError(f"kernel_sizes must be integers, got {ks!r}")
+        ks = tuple(ks)
         if len(ks) == 1:
             ks = ks * self.depth
         object.__setattr__(self, "kernel_sizes", ks)
@@ -72,6 +78,8 @@ class ModelConfig:
             raise ConfigError(f"head must be 'limited' or 'full', got {self.head!r}")
         if self.norm not in ("none", "batch"):
             raise ConfigError(f"norm must be 'none' or 'batch', got {self.norm!r}")
+        if self.bound is not None and (isinstance(self.bound, bool) or not isinstance(self.bound, (int, float))):
+            raise ConfigError(f"bound must be a number or None, got {self.bound!r}")
         if self.bound is not None and not self.bound > 0:
             raise ConfigError(f"bound must be positive or None, got {self.bound}")
 

@@ -133,7 +133,9 @@ def check_external_data(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError, OSError, ...: the file is not an ONNX model
-        raise ArtifactError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e}); re-export it") from None
+        raise ArtifactError(
+            f"{path} cannot be loaded: not a readable ONNX file ({type(e).__name__}: {e}); re-export it"
+        ) from None
     base = path.parent.resolve()
     for tensor in _external_tensors(model.graph):
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
