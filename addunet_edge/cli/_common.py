@@ -14,8 +14,10 @@ from rich.markup import escape
 
 from ..errors import AddUNetEdgeError
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Where output goes to a file or CI log, tables get room instead of folding every cell at 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(stderr=False, highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
