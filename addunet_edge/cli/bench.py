@@ -29,6 +29,7 @@ BENCH_HELP = "\n\n".join(
 def register(app: typer.Typer) -> None:
     @command(app, "bench", help=BENCH_HELP)
     def bench_command(
+        ctx: typer.Context,
         artifacts: Annotated[list[Path], typer.Argument(help="Checkpoint folders, .onnx files and .plan files.")],
         baseline: Annotated[
             Path | None,
@@ -70,10 +71,26 @@ def register(app: typer.Typer) -> None:
             device=device,
             cuda_graph=cuda_graph,
             progress=sys.stderr.isatty(),
-            command=shlex.join(["addunet-edge", *sys.argv[1:]]),
+            command=_command_line(ctx),
         )
         console.print(render_table(result, width=console.width))
         for note in result.notes:
             err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
         for path in write_reports(result, json=json_out, csv=csv_out, markdown=markdown_out, plot=plot_out):
             console.print(f"wrote {escape(str(path))}")
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as parsed (also right under a test runner, where sys.argv is the runner's own)."""
+    parts = ctx.command_path.split()
+    for name, value in ctx.params.items():
+        if value is None or value is False:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if name == "artifacts":
+            parts.extend(str(v) for v in values)
+        elif value is True:
+            parts.append(f"--{name.replace('_', '-')}")
+        else:
+            parts.extend(f"--{name.replace('_', '-')}={v}" for v in values)
+    return shlex.join(parts)
