@@ -26,6 +26,7 @@ from .artifacts import atomic_write_json, atomic_write_text, package_versions, r
 from .engines import Engine, backend_for, open_engine, options_for
 from .errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
 from .plotting import pyplot, save_figure, unique_label
+from .progress import progress_bar
 
 SCHEMA = "addunet-edge/bench"
 SCHEMA_VERSION = 1
@@ -616,21 +617,6 @@ def _maybe_tegrastats(notes: list[str]) -> Iterator[TegrastatsSampler | None]:
         sampler.__exit__(None, None, None)
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not enabled,
-        console=Console(stderr=True),
-    )
-
-
 def bench(
     artifacts: Sequence[str | Path | Engine],
     *,
@@ -662,7 +648,7 @@ def bench(
         system = system_info(device, threads, command)
         system["round_iterations"] = ROUND_ITERATIONS
         result = BenchResult(system=system, rows=[], notes=notes)
-        with _maybe_tegrastats(notes) as sampler, _progress(progress) as bar:
+        with _maybe_tegrastats(notes) as sampler, progress_bar(progress) as bar:
             system["tegrastats"] = sampler is not None
             for batch, height, width in shapes:
                 shape = (batch, c_in, height, width)

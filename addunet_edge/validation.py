@@ -14,6 +14,7 @@ import numpy as np
 
 from .artifacts import read_manifest, sha256_file
 from .errors import AddUNetEdgeError, ArtifactError, CheckpointError, ConfigError, DataError, ShapeError
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -323,21 +324,6 @@ def _load_eval_set(
 # -- running engines ---------------------------------------------------------------------------------
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def _run(engine: Any, noisy: np.ndarray, batch: int, advance: Any) -> tuple[np.ndarray, np.ndarray]:
     outs, logits = [], []
     for i in range(0, len(noisy), batch):
@@ -510,7 +496,7 @@ def validate(
         summaries: list[ArtifactSummary] = []
         sample_outputs: list[np.ndarray] = []
         total = len(sigma_list) * (-(-n // ref_batch) + sum(-(-n // b) for b in batches))
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("PyTorch reference", total=total)
 
             def advance() -> None:

@@ -15,6 +15,7 @@ from .._lazy import require
 from ..artifacts import atomic_write_json, read_json, sha256_file
 from ..data import array_hash
 from ..errors import ArtifactError, ConfigError, DataError
+from ..progress import progress_bar
 
 log = logging.getLogger("addunet_edge.calibration")
 
@@ -277,19 +278,6 @@ def session(model: Any, threads: int = 0) -> Any:
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ArtifactError(f"ONNX Runtime cannot run the model: {e}") from None
-
-
-def progress_bar(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not enabled,
-    )
 
 
 # --- ranges ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import BudgetError, ConfigError, DataError
 from ..metrics import accuracy, agreement, psnr
+from ..progress import progress_bar
 from .qdq import TARGETS, Target, quantizable_nodes, quantize_int8
 from .ranges import (
     DEFAULT_PERCENTILE,
@@ -24,7 +25,6 @@ from .ranges import (
     load_onnx,
     model_channels,
     prepare_model,
-    progress_bar,
     session,
 )
 
