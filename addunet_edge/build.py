@@ -258,7 +258,6 @@ def build(
         progress=progress,
         result=result,
     )
-    result.onnx[precision] = onnx
     if chosen == "tensorrt":
         from .engines.trt_build import BuildProfile, build_plan
 

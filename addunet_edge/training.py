@@ -467,10 +467,3 @@ def _load_last(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, mc: M
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{folder} does not fit this model and optimizer ({e}); start a new run") from None
     return state
-
-
-def model_from_args(arch: str, dataset: Dataset, **overrides: Any) -> ModelConfig:
-    """A ModelConfig for `dataset` (channels, classes) with the given overrides."""
-    kw = {"arch": arch, "in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    return ModelConfig(**kw)

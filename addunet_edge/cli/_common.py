@@ -95,7 +95,3 @@ ThreadsOpt = Annotated[
     int, typer.Option("--threads", help="CPU threads for torch / onnxruntime (0 = library default).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

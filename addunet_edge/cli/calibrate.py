@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -52,9 +51,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Calibrate on noisy training images and write an int8 ONNX with explicit Q/DQ plus its manifest."""
         from ..artifacts import output_lock
+        from ..build import budget_eval_arrays, calibration_arrays
         from ..calibration import calibrate, fallback_to_budget
         from ..calibration.ranges import load_onnx, model_channels
-        from ..data import add_noise, load_dataset
 
         with output_lock(out.parent):
             onnx_path = source
@@ -64,11 +63,9 @@ def register(app: typer.Typer) -> None:
                 onnx_path, _ = export_onnx(source, _fp32_path(out))
                 console.print(f"exported {onnx_path}")
             channels = model_channels(load_onnx(onnx_path)) or 1
-            ds = load_dataset(dataset, size=image_size, in_channels=channels, seed=seed)
-            rng = np.random.default_rng(seed)
-            clean, labels = ds.train.epoch(rng)
-            clean, labels = clean[:size], None if labels is None else labels[:size]
-            noisy = add_noise(clean, sigma, rng)
+            noisy, clean, labels = calibration_arrays(
+                dataset, channels, count=size, sigma=sigma, seed=seed, size=image_size
+            )
             common = {
                 "target": target,
                 "method": method,
@@ -81,13 +78,16 @@ def register(app: typer.Typer) -> None:
             if max_psnr_drift is not None or max_acc_drop is not None:
                 if common["method"] == "auto":
                     common["method"] = "percentile"
+                eval_noisy, eval_clean, eval_labels = budget_eval_arrays(
+                    dataset, channels, sigma=sigma, seed=seed, size=image_size
+                )
                 report = fallback_to_budget(
                     onnx_path,
                     out,
                     noisy,
-                    ds.val.noisy(sigma, seed),
-                    ds.val.clean,
-                    labels=ds.val.labels,
+                    eval_noisy,
+                    eval_clean,
+                    labels=eval_labels,
                     max_psnr_drift_db=max_psnr_drift if max_psnr_drift is not None else math.inf,
                     max_acc_drop_pt=max_acc_drop if max_acc_drop is not None else 100.0,
                     **common,
