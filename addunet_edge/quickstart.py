@@ -12,10 +12,13 @@ from rich.rule import Rule
 
 from .artifacts import atomic_write_json
 
-# Measured on the quickstart model: plain percentile calibration drifts -0.37 dB (cpu) / -0.41 dB (tensorrt)
-# at sigma 25 and up to -0.67 dB at sigma 15; keeping the 1x1 image head float alone brings cpu to -0.14 dB.
-INT8_DRIFT_DB = 0.15
-INT8_ACC_DROP_PT = 0.5
+# Measured on the quickstart model (validation split, sigma 25): plain percentile calibration drifts -0.44 dB
+# (cpu) / -0.48 dB (tensorrt). At 0.08 dB the fallback keeps two nodes in float for both targets (the 1x1
+# image head and the last decoder conv), and the test split drifts -0.05 dB (cpu) / -0.07 dB (tensorrt),
+# inside issue 10's 0.10 / 0.15 dB with room for a retrained model to differ; 0.15 dB left tensorrt at
+# -0.137 dB. No accuracy drop is allowed on the validation split.
+INT8_DRIFT_DB = 0.08
+INT8_ACC_DROP_PT = 0.3
 
 
 @dataclass

@@ -86,6 +86,8 @@ def train_recipe(
     norm: str | None = None,
     bound: float = -1.0,
     head: str = "limited",
+    head_projection: bool | None = None,
+    plain: bool = False,
     denoise_only: bool = False,
     in_channels: int = 1,
     size: int = 32,
@@ -127,6 +129,13 @@ def train_recipe(
     }
     if residual_output is not None:
         model_kw["residual_output"] = residual_output
+    if plain:
+        # The paper's plain blocks: no normalization, unbounded states, the classifier on the deepest state.
+        if norm not in (None, "none") or bound > 0 or head_projection:
+            raise ConfigError("--plain means no BatchNorm, no state bound and no head projection; drop the others")
+        model_kw.update(norm="none", bound=None, head_projection=False)
+    if head_projection is not None:
+        model_kw["head_projection"] = head_projection
     if norm is not None:
         model_kw["norm"] = norm
     if bound >= 0:

@@ -34,6 +34,16 @@ def register(app: typer.Typer) -> None:
         norm: Annotated[str, typer.Option(help="batch | none (none = the paper's plain blocks).")] = "",
         bound: Annotated[float, typer.Option(help="State clamp (0 = unbounded, the paper's plain blocks).")] = -1.0,
         head: Annotated[str, typer.Option(help="limited (linear) | full (MLP) classifier head.")] = "limited",
+        head_projection: Annotated[
+            bool | None,
+            typer.Option(
+                "--head-projection/--no-head-projection", help="1x1 conv + BatchNorm before the classifier's pooling."
+            ),
+        ] = None,
+        plain: Annotated[
+            bool,
+            typer.Option(help="The paper's plain AddUNet: no BatchNorm, no state bound, no head projection."),
+        ] = False,
         denoise_only: Annotated[bool, typer.Option(help="No classifier (num_classes = 0).")] = False,
         channels: Annotated[int, typer.Option(help="1 (gray) or 3 (RGB).")] = 1,
         size: Annotated[int, typer.Option(help="Image size for digits / class folders.")] = 32,
@@ -63,6 +73,8 @@ def register(app: typer.Typer) -> None:
             norm=norm or None,
             bound=bound,
             head=head,
+            head_projection=head_projection,
+            plain=plain,
             denoise_only=denoise_only,
             in_channels=channels,
             size=size,

@@ -172,3 +172,27 @@ def test_ddp_with_two_gloo_processes(tmp_path: Path, digits_npz: Path) -> None:
     model, _ = load_checkpoint(tmp_path / "ddp")
     assert np.isfinite(rows[-1]["val_psnr_db"])
     assert model.config.width == 8
+
+
+def test_train_cli_plain_is_the_papers_blocks_and_refuses_contradictions(tmp_path: Path, digits_npz: Path) -> None:
+    from typer.testing import CliRunner
+
+    from addunet_edge.cli import app
+
+    base = ["train", "--dataset", str(digits_npz), "--size", "16", "--width", "8", "--depth", "2", "--epochs", "1"]
+    res = CliRunner().invoke(app, [*base, "--plain", "--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    model, _ = load_checkpoint(tmp_path / "plain")
+    cfg = model.config
+    assert (cfg.norm, cfg.bound, cfg.head_projection) == ("none", None, False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+    res = CliRunner().invoke(app, [*base, "--no-head-projection", "--out", str(tmp_path / "noproj")])
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(tmp_path / "noproj")[0].config
+    assert (cfg.norm, cfg.bound, cfg.head_projection) == ("batch", 4.0, False)
+
+    res = CliRunner().invoke(app, [*base, "--plain", "--norm", "batch", "--out", str(tmp_path / "bad")])
+    assert res.exit_code != 0
+    assert "--plain" in res.output
+    assert not (tmp_path / "bad" / CONFIG).exists()
