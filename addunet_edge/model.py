@@ -14,7 +14,7 @@ from .errors import ConfigError
 
 Arch = Literal["addunet", "concat"]
 Resampling = Literal["none", "stride"]
-HeadCapacity = Literal["limited", "full"]
+HeadCapacity = Literal["limited", "full", "conv"]
 Norm = Literal["none", "batch"]
 
 # softplus(GATE_INIT) == 1: every skip starts fully open, as in the paper.
@@ -36,13 +36,18 @@ class ModelConfig:
     # Predict the noise and subtract it (DnCNN-style); easier to train for denoising.
     residual_output: bool = True
     num_classes: int = 10  # 0 = denoise only
-    head: HeadCapacity = "limited"  # 'limited': GAP + linear; 'full': GAP + MLP
+    # 'limited': GAP + linear; 'full': GAP + MLP; 'conv': two stride-2 3x3 convs + ReLU, then GAP + linear (a
+    # head that learns its own features, so the trunk need not bend towards classification).
+    head: HeadCapacity = "limited"
     # BatchNorm after block convs (folded into the conv at export): keeps activations int8-friendly.
     norm: Norm = "batch"
     # Clamp on residuals, decoder states and capped ReLU inside blocks; None = unbounded (paper-faithful).
     bound: float | None = 4.0
     # 1x1 projection + norm before pooling, so the classifier's loss does not inflate the trunk's scale.
     head_projection: bool = True
+    # Stop-gradient: the classifier reads the deepest state but sends no gradient into the trunk, which then
+    # trains for reconstruction alone (the classifier still learns; only its own layers move).
+    head_detach: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "width", "depth", "num_classes"):
@@ -74,10 +79,12 @@ class ModelConfig:
             raise ConfigError(f"resampling must be 'none' or 'stride', got {self.resampling!r}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.head not in ("limited", "full"):
-            raise ConfigError(f"head must be 'limited' or 'full', got {self.head!r}")
+        if self.head not in ("limited", "full", "conv"):
+            raise ConfigError(f"head must be 'limited', 'full' or 'conv', got {self.head!r}")
         if self.norm not in ("none", "batch"):
             raise ConfigError(f"norm must be 'none' or 'batch', got {self.norm!r}")
+        if not isinstance(self.head_projection, bool) or not isinstance(self.head_detach, bool):
+            raise ConfigError("head_projection and head_detach must be true or false")
         if self.bound is not None and (isinstance(self.bound, bool) or not isinstance(self.bound, (int, float))):
             raise ConfigError(f"bound must be a number or None, got {self.bound!r}")
         if self.bound is not None and not self.bound > 0:
@@ -154,13 +161,26 @@ class ClassifierHead(nn.Module):
             if projection
             else nn.Identity()
         )
-        if capacity == "limited":
-            self.fc: nn.Module = nn.Linear(width, num_classes)
+        self.features: nn.Module = (
+            nn.Sequential(
+                nn.Conv2d(width, width, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride=2, padding=1),
+                nn.ReLU(),
+            )
+            if capacity == "conv"
+            else nn.Identity()
+        )
+        if capacity == "full":
+            self.fc: nn.Module = nn.Sequential(
+                nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, num_classes)
+            )
         else:
-            self.fc = nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, num_classes))
+            self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.proj(x).mean(dim=(2, 3)))  # (N, W, h, w) -> (N, W) -> (N, K)
+        # (N, W, h, w) -> [features: (N, W, h/4, w/4)] -> pooled (N, W) -> (N, K)
+        return self.fc(self.features(self.proj(x)).mean(dim=(2, 3)))
 
 
 class _UNetBase(nn.Module):
@@ -199,7 +219,7 @@ class _UNetBase(nn.Module):
             out = out[..., :h, :w]
         denoised = noisy - out if self.config.residual_output else out
         if self.classifier is not None:
-            logits = self.classifier(deepest)
+            logits = self.classifier(deepest.detach() if self.config.head_detach else deepest)
         else:
             logits = noisy.new_zeros((noisy.shape[0], 0))
         return denoised, logits

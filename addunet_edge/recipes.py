@@ -87,6 +87,7 @@ def train_recipe(
     bound: float = -1.0,
     head: str = "limited",
     head_projection: bool | None = None,
+    head_detach: bool | None = None,
     plain: bool = False,
     denoise_only: bool = False,
     in_channels: int = 1,
@@ -136,6 +137,8 @@ def train_recipe(
         model_kw.update(norm="none", bound=None, head_projection=False)
     if head_projection is not None:
         model_kw["head_projection"] = head_projection
+    if head_detach is not None:
+        model_kw["head_detach"] = head_detach
     if norm is not None:
         model_kw["norm"] = norm
     if bound >= 0:

@@ -43,9 +43,9 @@ def _int8_scores(checkpoint: Path, artifacts: dict[str, Path]) -> dict[str, Any]
     result = validate(checkpoint, list(artifacts.values()), sigmas=(25.0,), progress=False)
     ref = next(r for r in result.rows if r.backend == "torch")
     out: dict[str, Any] = {"fp32_psnr_db": ref.psnr_db, "accuracy": ref.accuracy}
-    by_path = {Path(r.artifact).name: r for r in result.rows if r.precision == "int8"}
+    by_path = {Path(r.artifact).resolve(): r for r in result.rows if r.precision == "int8"}
     for tag, path in artifacts.items():
-        row = by_path[path.name]
+        row = by_path[path.resolve()]
         out[tag] = {"drift_db": row.psnr_drift_db, "acc_drop_pt": row.accuracy_drop_pt, "agreement": row.agreement}
     return out
 

@@ -27,7 +27,9 @@ from addunet_edge.recipes import train_recipe
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "b16": {"batch_size": 16},
+    "b8": {"batch_size": 8},
     "b16-nonorm": {"batch_size": 16, "norm": "none"},
+    "b16-w32": {"batch_size": 16, "width": 32},
     "nonorm": {"norm": "none"},
     "nobound": {"bound": 0.0},
     "w32": {"width": 32},

@@ -33,11 +33,20 @@ def register(app: typer.Typer) -> None:
         residual: Annotated[bool | None, typer.Option("--residual/--direct", help="Predict the noise.")] = None,
         norm: Annotated[str, typer.Option(help="batch | none (none = the paper's plain blocks).")] = "",
         bound: Annotated[float, typer.Option(help="State clamp (0 = unbounded, the paper's plain blocks).")] = -1.0,
-        head: Annotated[str, typer.Option(help="limited (linear) | full (MLP) classifier head.")] = "limited",
+        head: Annotated[
+            str, typer.Option(help="limited (linear) | full (MLP) | conv (two strided convs) classifier head.")
+        ] = "limited",
         head_projection: Annotated[
             bool | None,
             typer.Option(
                 "--head-projection/--no-head-projection", help="1x1 conv + BatchNorm before the classifier's pooling."
+            ),
+        ] = None,
+        head_detach: Annotated[
+            bool | None,
+            typer.Option(
+                "--head-detach/--no-head-detach",
+                help="Stop-gradient: the classifier learns, but the trunk trains for reconstruction alone.",
             ),
         ] = None,
         plain: Annotated[
@@ -74,6 +83,7 @@ def register(app: typer.Typer) -> None:
             bound=bound,
             head=head,
             head_projection=head_projection,
+            head_detach=head_detach,
             plain=plain,
             denoise_only=denoise_only,
             in_channels=channels,

@@ -143,3 +143,21 @@ def test_parity_failure_writes_nothing(tiny_checkpoint: Path, tmp_path: Path) ->
         export_onnx(tiny_checkpoint, out, tolerance=0.0 - 1.0)
     assert not out.exists() and not manifest_path(out).exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_conv_head_with_stop_gradient_exports_with_parity(tmp_path: Path) -> None:
+    import torch
+
+    from addunet_edge.checkpoint import save_checkpoint
+    from addunet_edge.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=2, num_classes=10, head="conv", head_detach=True)).eval()
+    save_checkpoint(tmp_path / "ck", model)
+    path, report = export_onnx(tmp_path / "ck", tmp_path / "conv.fp32.onnx")
+    assert report.passed and report.max_abs_error <= 1e-4
+    with open_engine(path) as engine:
+        out = engine(np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32))
+    with torch.no_grad():
+        _, logits = model(torch.from_numpy(np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32)))
+    np.testing.assert_allclose(out.logits, logits.numpy(), atol=1e-4)

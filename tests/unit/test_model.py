@@ -161,3 +161,33 @@ def test_config_round_trips_through_dict() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError):
         ModelConfig.from_dict({**cfg.to_dict(), "mystery": 1})
+
+
+@pytest.mark.parametrize("head", ["limited", "full", "conv"])
+def test_head_detach_stops_the_classifier_gradient_at_the_trunk(head: str) -> None:
+    x = torch.rand(4, 1, 16, 16)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(width=8, depth=2, num_classes=10, head=head, head_detach=detach))
+        _, logits = model(x)
+        logits.logsumexp(dim=1).sum().backward()
+        trunk = [p.grad for n, p in model.named_parameters() if not n.startswith("classifier.")]
+        grads[detach] = sum(0.0 if g is None else float(g.abs().sum()) for g in trunk)
+        # The classifier's own layers learn either way.
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.classifier.parameters())
+    assert grads[False] > 0 and grads[True] == 0
+    # Same function in the forward pass: detach only changes training.
+    torch.manual_seed(0)
+    a = build_model(ModelConfig(width=8, depth=2, num_classes=10, head=head)).eval()
+    b = build_model(ModelConfig(width=8, depth=2, num_classes=10, head=head, head_detach=True)).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        assert torch.equal(a(x)[1], b(x)[1])
+
+
+def test_conv_head_pools_strided_features() -> None:
+    model = build_model(ModelConfig(width=8, depth=2, num_classes=3, head="conv")).eval()
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in model.classifier.modules()) == 2
+    _, logits = model(torch.rand(2, 1, 13, 19))  # odd sizes: the strided convs pad
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
