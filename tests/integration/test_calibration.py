@@ -284,6 +284,7 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
         target="tensorrt",
         max_psnr_drift_db=budget,
         max_acc_drop_pt=100.0,
+        max_float_fraction=1.0,
         progress=False,
     )
     assert report.met_budget and report.after.drift_db <= budget
@@ -291,6 +292,20 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
     ranked = sorted(report.sensitivity, key=report.sensitivity.get, reverse=True)
     assert report.float_nodes == ranked[: len(report.float_nodes)]
     assert read_manifest(tmp_path / "fb.onnx")["excluded_nodes"] == report.float_nodes
+    # A budget only an all-float graph meets is refused at the default cap, not met by a float model.
+    with pytest.raises(BudgetError, match="finetune --qat"):
+        fallback_to_budget(
+            fp32,
+            tmp_path / "all.onnx",
+            noisy,
+            noisy,
+            clean,
+            target="tensorrt",
+            max_psnr_drift_db=0.0,
+            max_acc_drop_pt=100.0,
+            progress=False,
+        )
+    assert not (tmp_path / "all.onnx").exists()
 
 
 @pytest.mark.slow
