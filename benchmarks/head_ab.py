@@ -27,11 +27,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "limited, detached": {"head_detach": True},
     "conv": {"head": "conv"},
     "conv, detached": {"head": "conv", "head_detach": True},
+    "limited, lambda 0.03": {"cls_weight": 0.03},
 }
 
 
 def _slug(name: str) -> str:
-    return name.split(" (")[0].replace(", ", "-").replace(" ", "-")
+    return name.split(" (")[0].replace(", ", "-").replace(" ", "")
 
 
 def main() -> None:
