@@ -41,7 +41,7 @@ class TrainConfig:
     sigma: tuple[float, float] = (25.0, 25.0)  # noise sigma range (0-255 scale); lo < hi = blind training
     val_sigma: float = 25.0
     seed: int = 0
-    minutes: float | None = None  # time budget: the epoch count is derived from the first epoch's time
+    minutes: float | None = None  # time budget: the epoch count is re-planned after every epoch
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -80,6 +80,21 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def plan_epochs(tc: TrainConfig, epoch: int, elapsed_s: float, last_epoch_s: float) -> int:
+    """Epoch count for a --minutes budget, re-planned after every epoch (0-based `epoch` just finished).
+
+    The time left is divided by the last epoch's time (validation included), so a machine whose load
+    changes during the run neither overshoots the budget nor stops far short of it (planning once from
+    the first epoch did both: 52 min for 30 under rising load, 14 min for 30 when the load went away).
+    The count goes into last/, so a resumed run keeps planning from there.
+    """
+    if tc.minutes is None:
+        return tc.epochs
+    left_s = tc.minutes * 60.0 - elapsed_s
+    more = int(left_s / max(last_epoch_s, 1e-6)) if left_s > 0 else 0
+    return max(epoch + 1, min(tc.epochs, epoch + 1 + more))
 
 
 def _sigmas(n: int, sigma: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
@@ -300,11 +315,10 @@ def _train(
                 n_batches += 1
                 bar.update(task, completed=step, status=f"loss {run_loss / n_batches:.5f}")
             epoch_time = time.perf_counter() - epoch_start
-            if tc.minutes is not None and epoch == start_epoch == 0:
-                # First epoch sets how many fit in the budget; stored in last/ so resume keeps it.
-                epochs = max(1, min(tc.epochs, int(tc.minutes * 60 / max(epoch_time, 1e-6))))
             val = evaluate(model, dataset.val, tc.val_sigma, tc.seed, device)
             val_loss = _val_loss(model, dataset.val, tc, use_cls, device)
+            if tc.minutes is not None:
+                epochs = plan_epochs(tc, epoch, time.perf_counter() - t0, time.perf_counter() - epoch_start)
             record = {
                 "epoch": epoch + 1,
                 "step": step,

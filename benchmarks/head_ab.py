@@ -28,6 +28,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "conv": {"head": "conv"},
     "conv, detached": {"head": "conv", "head_detach": True},
     "limited, lambda 0.03": {"cls_weight": 0.03},
+    # Direct output: the trunk carries the clean image, not the noise, which the classifier also wants.
+    "limited, direct output": {"residual_output": False},
+    "conv, detached, direct output": {"head": "conv", "head_detach": True, "residual_output": False},
 }
 
 

@@ -196,3 +196,17 @@ def test_train_cli_plain_is_the_papers_blocks_and_refuses_contradictions(tmp_pat
     assert res.exit_code != 0
     assert "--plain" in res.output
     assert not (tmp_path / "bad" / CONFIG).exists()
+
+
+def test_minutes_budget_is_replanned_from_the_time_left() -> None:
+    from addunet_edge.training import plan_epochs
+
+    tc = _tc(epochs=1000, minutes=30.0)
+    # A slow first epoch (a busy machine) plans few epochs; once epochs get faster, the plan grows.
+    assert plan_epochs(tc, 0, elapsed_s=120.0, last_epoch_s=120.0) == 1 + 14
+    assert plan_epochs(tc, 5, elapsed_s=400.0, last_epoch_s=30.0) == 6 + 46
+    # And shrinks when they get slower; never below the epochs already run, never above tc.epochs.
+    assert plan_epochs(tc, 5, elapsed_s=400.0, last_epoch_s=300.0) == 6 + 4
+    assert plan_epochs(tc, 9, elapsed_s=1900.0, last_epoch_s=60.0) == 10
+    assert plan_epochs(_tc(epochs=8, minutes=30.0), 0, elapsed_s=1.0, last_epoch_s=1.0) == 8
+    assert plan_epochs(_tc(epochs=8), 3, elapsed_s=1e9, last_epoch_s=1.0) == 8
