@@ -23,6 +23,7 @@ from addunet_edge.recipes import train_recipe
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "denoise-only": {"denoise_only": True},
+    "denoise-only, direct output": {"denoise_only": True, "residual_output": False},
     "limited (projection + GAP + linear)": {},
     "limited, detached": {"head_detach": True},
     "conv": {"head": "conv"},
