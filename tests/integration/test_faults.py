@@ -153,21 +153,13 @@ def worker_main(mode: str, shared: Path) -> None:
     # Every reply carries the id of the last command received, so the test can drop stale replies: a
     # Ctrl-C sent again (see the test) may reach a worker that already answered the first one.
     last_id = 0
-    # Commands are read from fd 0 by hand: a Ctrl-C inside a buffered readline can drop a line the buffer
-    # already took, and then the test waits for an answer to a command the worker never saw.
-    pending = bytearray()
     while True:
-        raw = b""
+        line = ""
         try:
-            while b"\n" not in pending:
-                chunk = os.read(0, 4096)
-                if not chunk:
-                    return
-                pending += chunk
-            cut = pending.index(b"\n")
-            raw = bytes(pending[:cut])
-            del pending[: cut + 1]
-            _, cmd_id, where = raw.decode().split(maxsplit=2)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            _, cmd_id, where = line.split(maxsplit=2)
             last_id = int(cmd_id)
             folder = Path(where.strip())
             folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +171,7 @@ def worker_main(mode: str, shared: Path) -> None:
             print(f"done {last_id} {note}", file=protocol)
         except KeyboardInterrupt:
             # A Ctrl-C right after the command was read, before its id was taken, still answers that command.
-            parts = raw.split()
+            parts = line.split()
             if len(parts) > 1 and parts[1].isdigit():
                 last_id = max(last_id, int(parts[1]))
             print(f"interrupted {last_id}", file=protocol)
