@@ -154,7 +154,6 @@ def worker_main(mode: str, shared: Path) -> None:
     # Ctrl-C sent again (see the test) may reach a worker that already answered the first one.
     last_id = 0
     while True:
-        line = ""
         try:
             line = sys.stdin.readline()
             if not line:
@@ -170,10 +169,6 @@ def worker_main(mode: str, shared: Path) -> None:
                 note = f"error {type(e).__name__}: {e}".replace("\n", " ")
             print(f"done {last_id} {note}", file=protocol)
         except KeyboardInterrupt:
-            # A Ctrl-C right after the command was read, before its id was taken, still answers that command.
-            parts = line.split()
-            if len(parts) > 1 and parts[1].isdigit():
-                last_id = max(last_id, int(parts[1]))
             print(f"interrupted {last_id}", file=protocol)
 
 
