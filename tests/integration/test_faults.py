@@ -150,26 +150,21 @@ def worker_main(mode: str, shared: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"warm-{mode}-") as warm:
         _op(mode, shared, Path(warm))
     print("ready", file=protocol)
-    # Every reply carries the id of the last command received, so the test can drop stale replies: a
-    # Ctrl-C sent again (see the test) may reach a worker that already answered the first one.
-    last_id = 0
     while True:
         try:
             line = sys.stdin.readline()
             if not line:
                 return
-            _, cmd_id, where = line.split(maxsplit=2)
-            last_id = int(cmd_id)
-            folder = Path(where.strip())
+            folder = Path(line.split(maxsplit=1)[1].strip())
             folder.mkdir(parents=True, exist_ok=True)
             _HASH_LOG.append(folder / ".hashes")
             try:
                 note = _op(mode, shared, folder)
             except Exception as e:  # a traceback from a command is a failure of the test, not of the worker
                 note = f"error {type(e).__name__}: {e}".replace("\n", " ")
-            print(f"done {last_id} {note}", file=protocol)
+            print(f"done {note}", file=protocol)
         except KeyboardInterrupt:
-            print(f"interrupted {last_id}", file=protocol)
+            print("interrupted", file=protocol)
 
 
 # == the test ============================================================================================
@@ -182,7 +177,6 @@ class Lane:
         self.mode, self.shared, self.log = mode, shared, log
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
-        self.seq = 0  # id of the last command sent; replies to earlier ones are stale
 
     def start(self) -> None:
         env = {**os.environ, **WORKER_ENV}
@@ -208,21 +202,9 @@ class Lane:
         lines.put(None)  # the worker exited
 
     def readline(self, timeout: float) -> str:
-        """The next reply to the current command ("done <note>" or "interrupted"), stale replies skipped."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._next_line(timeout, max(0.0, deadline - time.monotonic()))
-            word, _, rest = line.partition(" ")
-            cmd_id, _, rest = rest.partition(" ")
-            if word not in ("done", "interrupted") or not cmd_id.isdigit():
-                return line
-            if int(cmd_id) >= self.seq:
-                return f"{word} {rest}".strip()
-
-    def _next_line(self, timeout: float, left: float) -> str:
         assert self.proc is not None
         try:
-            line = self.lines.get(timeout=left)
+            line = self.lines.get(timeout=timeout)
         except queue.Empty:
             if timeout < 10:  # a short poll: the caller decides
                 raise TimeoutError(f"no line from the {self.mode} worker in {timeout} s") from None
@@ -237,8 +219,7 @@ class Lane:
 
     def go(self, folder: Path) -> None:
         assert self.proc is not None and self.proc.stdin is not None
-        self.seq += 1
-        self.proc.stdin.write(f"go {self.seq} {folder}\n")
+        self.proc.stdin.write(f"go {folder}\n")
         self.proc.stdin.flush()
 
     def stop(self) -> None:
