@@ -136,8 +136,12 @@ def _calibration_set(onnx_path: str | Path, noisy: Any, clean: Any, labels: Any,
     return data
 
 
-def _cache_file(cache_dir: str | Path | None, onnx_path: str | Path, method: str) -> Path | None:
-    return None if cache_dir is None else Path(cache_dir) / f"{Path(onnx_path).stem}.ranges-{method}.json"
+def _cache_file(cache_dir: str | Path | None, onnx_path: str | Path, method: str, data: CalibrationSet) -> Path | None:
+    """One file per model, method and calibration set, so two callers with different sets (the budget
+    fallback uses every image, a plain calibration holds some out) do not keep replacing each other's."""
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) / f"{Path(onnx_path).stem}.ranges-{method}-{data.data_sha256[:12]}.json"
 
 
 def calibrate(
@@ -179,7 +183,7 @@ def calibrate(
     with tempfile.TemporaryDirectory(prefix="addunet-cal-") as tmp:
         for m in candidates:
             ranges = collect_ranges(
-                onnx_fp32, cal, m, percentile, _cache_file(cache_dir, onnx_fp32, m), progress=progress
+                onnx_fp32, cal, m, percentile, _cache_file(cache_dir, onnx_fp32, m, cal), progress=progress
             )
             messages += ranges.messages
             found[m] = ranges
@@ -264,7 +268,7 @@ def fallback_to_budget(
         )
     data.check_channels(eval_noisy.shape[1], "the evaluation images")
     ranges = collect_ranges(
-        onnx_fp32, data, method, percentile, _cache_file(cache_dir, onnx_fp32, method), progress=progress
+        onnx_fp32, data, method, percentile, _cache_file(cache_dir, onnx_fp32, method, data), progress=progress
     )
     reference = run_onnx(onnx_fp32, eval_noisy, batch_size)
     base_excluded = list(exclude_nodes)

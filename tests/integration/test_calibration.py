@@ -325,3 +325,24 @@ def test_polygraphy_runs_the_variants(fp32: Path, data, tmp_path: Path) -> None:
             timeout=120,
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_fallback_and_plain_calibration_keep_separate_range_caches(fp32: Path, data, tmp_path: Path) -> None:
+    noisy, clean, _ = data
+    cache = tmp_path / "cache"
+    fallback_to_budget(
+        fp32,
+        tmp_path / "fb.onnx",
+        noisy,
+        noisy,
+        clean,
+        target="cpu",
+        max_psnr_drift_db=100.0,
+        max_acc_drop_pt=100.0,
+        cache_dir=cache,
+        progress=False,
+    )
+    calibrate(fp32, tmp_path / "plain.onnx", noisy, clean, target="cpu", cache_dir=cache, progress=False)
+    files = sorted(p.name for p in cache.glob("*.json"))
+    # Different calibration sets (all images vs a held-out split): two files, neither replacing the other.
+    assert len(files) == 2 and all(".ranges-percentile-" in f for f in files)
