@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from addunet_edge.build import make_precision_onnx
+from addunet_edge.checkpoint import read_checkpoint_meta
 from addunet_edge.qat import QATConfig, finetune_qat
 from addunet_edge.quickstart import INT8_ACC_DROP_PT, INT8_DRIFT_DB
 from addunet_edge.recipes import train_recipe
@@ -61,7 +62,7 @@ def run_variant(out: Path, name: str, seed: int, reuse: Path | None, qat_steps: 
             train_recipe(dataset="digits", out=ckpt, seed=seed, progress=False, **overrides)
     engines = out / f"{tag}-engines"
     arts: dict[str, Path] = {}
-    classify = json.loads((ckpt / "config.json").read_text())["model"]["num_classes"] > 0
+    classify = read_checkpoint_meta(ckpt)["model"]["num_classes"] > 0
     for target in TARGETS:
         arts[f"ptq-{target}"] = make_precision_onnx(
             ckpt, engines / "ptq", "int8", target=target, seed=seed, progress=False

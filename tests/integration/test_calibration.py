@@ -19,6 +19,7 @@ from onnx import numpy_helper  # noqa: E402
 from addunet_edge.artifacts import read_manifest  # noqa: E402
 from addunet_edge.calibration import (  # noqa: E402
     CalibrationSet,
+    FallbackReport,
     calibrate,
     collect_ranges,
     convert_fp16,
@@ -248,45 +249,28 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
     reference = run_onnx(fp32, noisy)[0]
     # Targets close to the fp32 output make int8's own error dominate the drift, so the budget bites.
     clean = np.clip(reference + np.random.default_rng(1).normal(0, 0.002, reference.shape), 0, 1).astype(np.float32)
-    with pytest.raises(BudgetError):
-        fallback_to_budget(
+
+    def fallback(name: str, drift_db: float, **kw) -> FallbackReport:
+        return fallback_to_budget(
             fp32,
-            tmp_path / "x.onnx",
+            tmp_path / name,
             noisy,
             noisy,
             clean,
             target="tensorrt",
-            max_psnr_drift_db=0.0,
+            max_psnr_drift_db=drift_db,
             max_acc_drop_pt=100.0,
-            max_float_nodes=1,
             progress=False,
+            **kw,
         )
+
+    with pytest.raises(BudgetError):
+        fallback("x.onnx", 0.0, max_float_nodes=1)
     assert not (tmp_path / "x.onnx").exists()
-    probe = fallback_to_budget(
-        fp32,
-        tmp_path / "probe.onnx",
-        noisy,
-        noisy,
-        clean,
-        target="tensorrt",
-        max_psnr_drift_db=100.0,
-        max_acc_drop_pt=100.0,
-        progress=False,
-    )
+    probe = fallback("probe.onnx", 100.0)
     assert probe.float_nodes == [] and probe.before.drift_db > 0.3
     budget = probe.before.drift_db / 2
-    report = fallback_to_budget(
-        fp32,
-        tmp_path / "fb.onnx",
-        noisy,
-        noisy,
-        clean,
-        target="tensorrt",
-        max_psnr_drift_db=budget,
-        max_acc_drop_pt=100.0,
-        max_float_fraction=1.0,
-        progress=False,
-    )
+    report = fallback("fb.onnx", budget, max_float_fraction=1.0)
     assert report.met_budget and report.after.drift_db <= budget
     assert 1 <= len(report.float_nodes) < len(report.sensitivity)
     ranked = sorted(report.sensitivity, key=report.sensitivity.get, reverse=True)
@@ -294,17 +278,7 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
     assert read_manifest(tmp_path / "fb.onnx")["excluded_nodes"] == report.float_nodes
     # A budget only an all-float graph meets is refused at the default cap, not met by a float model.
     with pytest.raises(BudgetError, match="finetune --qat"):
-        fallback_to_budget(
-            fp32,
-            tmp_path / "all.onnx",
-            noisy,
-            noisy,
-            clean,
-            target="tensorrt",
-            max_psnr_drift_db=0.0,
-            max_acc_drop_pt=100.0,
-            progress=False,
-        )
+        fallback("all.onnx", 0.0)
     assert not (tmp_path / "all.onnx").exists()
 
 

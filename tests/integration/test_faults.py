@@ -408,22 +408,12 @@ def test_interruptions_never_leave_an_artifact_that_loads_but_is_wrong(shared: P
                 lane.proc.wait()
             else:
                 finished = False
-                silent_polls = 0
                 while True:
                     try:
-                        line = lane.readline(5.0 if finished else 9.0)
+                        line = lane.readline(5.0 if finished else 60.0)
                     except TimeoutError:
                         if not finished:
-                            # No reply at all: on a quiet machine the worker was seen idle, waiting for its
-                            # next command, its Ctrl-C answered by nothing. Press Ctrl-C again, as a user
-                            # would; a worker still silent after a minute is reported as hung.
-                            silent_polls += 1
-                            if silent_polls >= 7:
-                                lane.readline(60.0)  # dumps the worker's stacks into the failure
-                            with count_lock:
-                                notes["no reply to a Ctrl-C in 9 s, sent again"] += 1
-                            lane.proc.send_signal(signal.SIGINT)
-                            continue
+                            raise
                         # CPython drops a KeyboardInterrupt raised inside a weakref or __del__ callback
                         # ("Exception ignored in ..."): the command finished instead. A user presses
                         # Ctrl-C again; so does the test, now that the worker is idle.
