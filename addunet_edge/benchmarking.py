@@ -510,6 +510,25 @@ def _open_contenders(
     notes: list[str],
 ) -> tuple[list[_Contender], list[Engine]]:
     """The baseline first, then every artifact; also returns the engines this run opened (to close)."""
+    opened: list[Engine] = []
+    try:
+        return _open_all(artifacts, baseline, device, threads, cuda_graph, notes, opened)
+    except BaseException:
+        for engine in opened:
+            engine.close()
+        raise
+
+
+def _open_all(
+    artifacts: Sequence[str | Path | Engine],
+    baseline: str | Path | None,
+    device: str,
+    threads: int,
+    cuda_graph: bool,
+    notes: list[str],
+    opened: list[Engine],
+) -> tuple[list[_Contender], list[Engine]]:
+    """_open_contenders' work; every engine it opens goes into `opened` at once, for the caller to close."""
     from .checkpoint import is_checkpoint
 
     baseline_path = Path(baseline) if baseline is not None else None
@@ -520,11 +539,19 @@ def _open_contenders(
         if isinstance(item, Engine):
             ckpt, model = lineage(item.path)
             items.append((item.path, item, ckpt, model))
+        elif backend_for(item) == "torch":  # refuses a missing or unknown file before it is opened
+            # A checkpoint is opened below, once it is known whether it is the baseline too.
+            ckpt, model = lineage(item)
+            items.append((Path(item), None, ckpt, model))
         else:
+            # Opening verifies the file (manifest hash, ONNX decode, plan manifest), so a corrupt artifact is
+            # refused as such rather than reported as an artifact without a baseline. Activation (the
+            # session, the device memory it takes) waits for add() below, which measures it.
             path = Path(item)
-            backend_for(path)  # refuses a missing or unknown file before anything is opened
+            engine = open_engine(path, **options_for(path, device, threads, cuda_graph))
+            opened.append(engine)
             ckpt, model = lineage(path)
-            items.append((path, None, ckpt, model))
+            items.append((path, engine, ckpt, model))
     if baseline_path is None:
         found = [ckpt for _, _, ckpt, _ in items if ckpt is not None]
         if not found:
@@ -537,7 +564,6 @@ def _open_contenders(
         if ckpt is not None and ckpt.resolve() != baseline_path.resolve():
             notes.append(f"{path.name} was made from {ckpt}, not from the baseline {baseline_path}")
 
-    opened: list[Engine] = []
     taken: set[str] = set()
     contenders: list[_Contender] = []
 
@@ -567,11 +593,11 @@ def _open_contenders(
     opened.append(baseline_engine)
     _, baseline_model = lineage(baseline_path)
     add(baseline_path, baseline_engine, True, baseline_model, unique_label(f"{baseline_path.name} (torch)", taken))
-    for path, given, _, model in items:
-        if given is None and path.is_dir() and path.resolve() == baseline_path.resolve():
+    for path, already_open, _, model in items:
+        if already_open is not None:
+            engine = already_open
+        elif path.resolve() == baseline_path.resolve():
             continue  # the baseline is this artifact; it is timed once
-        if given is not None:
-            engine = given
         else:
             engine = open_engine(path, **options_for(path, device, threads, cuda_graph))
             opened.append(engine)

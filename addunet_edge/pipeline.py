@@ -37,7 +37,7 @@ import numpy as np
 from . import media
 from .artifacts import atomic_write_json, atomic_write_text
 from .engines.base import INPUT_NAME, OUTPUT_NAMES, Engine, InputProfile
-from .errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
+from .errors import AddUNetEdgeError, ArtifactError, ConfigError, DataError, ShapeError
 
 BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DEFAULT_OVERLAP = 32
@@ -479,7 +479,8 @@ class MediaRunner:
     Outputs are written atomically (images) or to a hidden temporary file renamed at the end (videos). On
     Ctrl-C the video being written is closed and renamed (so a camera recording keeps its frames; it is
     listed as partial), predictions and the summary are written, and KeyboardInterrupt propagates. A broken
-    file or frame is reported in `summary.skipped` and the run goes on.
+    file or frame is reported in `summary.skipped` and the run goes on; `failures` keeps the error of every
+    input skipped whole, so that a caller can tell bad input from other failures.
     """
 
     def __init__(
@@ -501,6 +502,7 @@ class MediaRunner:
         self.max_frames = max_frames
         self.on_frame = on_frame
         self.summary = RunSummary()
+        self.failures: list[BaseException] = []
         self._rows: list[dict[str, Any]] = []
 
     @property
@@ -510,6 +512,7 @@ class MediaRunner:
     def run(self, inputs: Sequence[str]) -> RunSummary:
         jobs, skipped = plan_jobs(inputs)
         self.summary.skipped.extend(skipped)
+        self.failures.extend(DataError(f"{source}: {reason}") for source, reason in skipped)
         start = time.perf_counter()
         try:
             for job in jobs:
@@ -520,6 +523,7 @@ class MediaRunner:
                         self._video(job)
                 except _SKIPPABLE as e:
                     self.summary.skipped.append((job.source, _reason(e)))
+                    self.failures.append(e)
         except KeyboardInterrupt:
             self.summary.interrupted = True
             raise
@@ -573,7 +577,11 @@ class MediaRunner:
         finally:
             source.close()
         if not writers:
-            self.summary.skipped.append((job.source, "no frame could be read" if not bad_frames else bad_frames[0]))
+            reason = "no frame could be read" if not bad_frames else bad_frames[0]
+            self.summary.skipped.append((job.source, reason))
+            # A broken frame may be the engine's fault as much as the file's: only an empty source is bad input.
+            error = DataError if not bad_frames else AddUNetEdgeError
+            self.failures.append(error(f"{job.source}: {reason}"))
             return
         for w in writers:
             w.finish()

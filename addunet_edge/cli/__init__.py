@@ -6,12 +6,15 @@ import importlib
 
 import typer
 
+from ._common import Group
+
 app = typer.Typer(
     name="addunet-edge",
     help="Train AddUNet, export it, make FP16/INT8 variants, build TensorRT engines, validate and benchmark them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 # Each module defines register(app). Order is the order of `--help`.

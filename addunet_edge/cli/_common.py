@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ..errors import AddUNetEdgeError
 
@@ -20,6 +21,33 @@ console = Console(stderr=False, highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _flags_read_as_flags(params: list[Any]) -> list[Any]:
+    """Blank the type column of on/off flags (--help included) in the rich help.
+
+    Typer's rich help prints a flag's type (`--side-by-side <bool>`), which reads as if the flag took a
+    value; its plain help already leaves it out. An empty metavar is what that column shows instead, and an
+    option's metavar is used nowhere else (error messages name its --flag).
+    """
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """Every command of the app: flags show no type in `--help`."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The app itself: its `--help` shows no type either."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
@@ -37,6 +65,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                 err_console.print("[yellow]interrupted[/]: completed outputs were kept")
                 raise typer.Exit(code=130) from None
 
+        kwargs.setdefault("cls", Command)
         app.command(name=name, **kwargs)(wrapper)
         return fn
 

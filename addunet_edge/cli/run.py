@@ -10,9 +10,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import media
 from ..artifacts import atomic_write_text, output_lock
-from ..engines import options_for
-from ..errors import ConfigError
+from ..engines import backend_for, options_for
+from ..errors import AddUNetEdgeError, ConfigError, DataError
 from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary, deepstream_config
 from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console, parse_sizes
 
@@ -53,15 +54,71 @@ def _print_summary(summary: RunSummary, out: Path) -> None:
         err_console.print(f"[yellow]skipped[/] {escape(text)}", soft_wrap=True)
 
 
+_USAGE = "addunet-edge run MODEL INPUT... --out DIR (MODEL is a checkpoint folder, .onnx or .plan)"
+
+
+def _is_model(spec: str | Path) -> bool:
+    try:
+        backend_for(spec)
+    except AddUNetEdgeError:
+        return False
+    return True
+
+
+def _looks_like_input(spec: str | Path) -> bool:
+    """An image, video, folder of them, camera or stream: what `run` reads, never a model."""
+    path = Path(spec)
+    if path.suffix.lower() in media.IMAGE_SUFFIXES | media.VIDEO_SUFFIXES:
+        return True
+    if path.is_dir():
+        return not _is_model(path) and next(media.iter_media_files(path), None) is not None
+    return not path.exists() and media.is_stream_spec(str(spec))
+
+
+def _check_positionals(artifact: Path, inputs: list[str]) -> list[str]:
+    """Refuse a photo in the model's place (or no input at all) with the usage, before anything is opened."""
+    if _looks_like_input(artifact):
+        message = f"run takes the model first: {_USAGE}; {str(artifact)!r} looks like an input"
+        model = next((spec for spec in inputs if _is_model(spec)), None)
+        if model is not None:
+            message += f" and {model!r} like the model: put the model first"
+        raise ConfigError(message)
+    if not inputs:
+        raise ConfigError(
+            f"no INPUT given after the model {str(artifact)!r}: {_USAGE}; INPUT is one or more images, folders, "
+            "videos, camera indices or stream URLs"
+        )
+    return inputs
+
+
+def _nothing_processed(failures: list[BaseException]) -> BaseException:
+    """The error for a run that processed nothing: bad input (exit 2) when that is all there was.
+
+    One input: its own error (a file that cannot be decoded is a DataError). Several, all unreadable: a
+    DataError. Otherwise (a runtime or disk error among them) a plain failure, exit code 1.
+    """
+    if len(failures) == 1 and isinstance(failures[0], AddUNetEdgeError):
+        return failures[0]
+    if failures and all(isinstance(f, AddUNetEdgeError) and f.exit_code == DataError.exit_code for f in failures):
+        return DataError(f"nothing was processed: none of the {len(failures)} inputs could be read (listed above)")
+    return typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     @command(app, "run", help=RUN_HELP)
     def run(
-        artifact: Annotated[Path, typer.Argument(help="Checkpoint folder, .onnx or .plan.")],
-        inputs: Annotated[
-            list[str],
-            typer.Argument(help="Images, folders, videos, camera index, /dev/videoN, URL, pipeline."),
-        ],
+        artifact: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint folder, .onnx or .plan.")],
         out: OutDir,
+        # Optional to the parser only, so that a lone photo gets told to come after the model (checked below)
+        # rather than click's "Missing argument".
+        inputs: Annotated[
+            list[str] | None,
+            typer.Argument(
+                metavar="INPUT",
+                help="One or more: images, folders, videos, camera index, /dev/videoN, URL, pipeline.",
+                show_default=False,
+            ),
+        ] = None,
         tile: Annotated[
             int | None,
             typer.Option("--tile", help="Tile size in pixels (default: whole frames if they fit)."),
@@ -85,6 +142,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..engines import open_engine
 
+        inputs = _check_positionals(artifact, inputs or [])
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
         options = options_for(artifact, device, threads)
@@ -121,7 +179,7 @@ def register(app: typer.Typer) -> None:
             finally:
                 _print_summary(runner.summary, out)
         if not runner.summary.processed:
-            raise typer.Exit(code=1)
+            raise _nothing_processed(runner.failures)
 
     @command(app, "deepstream-config")
     def deepstream_config_cmd(
