@@ -6,15 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._lazy import available
 from .artifacts import read_manifest
+from .calibration.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIGMA, Int8Budget
 from .errors import ConfigError, DeviceError, MissingDependencyError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-DEFAULT_CALIBRATION_IMAGES = 256
 
 
 def artifact_name(source: Path) -> str:
@@ -32,41 +30,6 @@ def onnx_path_for(out_dir: Path, name: str, precision: str, target: str | None =
     if precision == "int8":
         return out_dir / f"{name}.int8.{target or 'tensorrt'}.onnx"
     return out_dir / f"{name}.{precision}.onnx"
-
-
-def dataset_of(source: Path) -> str | None:
-    """The dataset a checkpoint (or an ONNX exported from one) was trained on, as a load_dataset argument."""
-    from .checkpoint import is_checkpoint, read_checkpoint_meta
-
-    if is_checkpoint(source):
-        data = read_checkpoint_meta(source).get("data", {})
-    else:
-        data = (read_manifest(source, verify_hash=False) or {}).get("data", {})
-    return data.get("source") or data.get("dataset")
-
-
-def calibration_arrays(
-    dataset: str, in_channels: int, *, count: int, sigma: float, seed: int, size: int = 32
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Noisy, clean and labels from the dataset's training split, with the noise of the intended use."""
-    from .data import add_noise, load_dataset
-
-    ds = load_dataset(dataset, size=size, in_channels=in_channels, seed=seed, patches_per_epoch=max(count, 64))
-    rng = np.random.default_rng([seed, 7])
-    clean, labels = ds.train.epoch(rng)
-    clean = clean[:count]
-    labels = None if labels is None else labels[:count]
-    return add_noise(clean, sigma, rng), clean, labels
-
-
-def budget_eval_arrays(
-    dataset: str, in_channels: int, *, sigma: float, seed: int, size: int = 32
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Noisy, clean and labels of the validation split: where a drift budget is measured during calibration."""
-    from .data import load_dataset
-
-    ds = load_dataset(dataset, size=size, in_channels=in_channels, seed=seed)
-    return ds.val.noisy(sigma, seed), ds.val.clean, ds.val.labels
 
 
 def resolve_backend(backend: str) -> tuple[str, str | None]:
@@ -127,16 +90,15 @@ def make_precision_onnx(
     dataset: str | None = None,
     method: str = "percentile",
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    sigma: float = 25.0,
-    seed: int = 0,
+    sigma: float = DEFAULT_CALIBRATION_SIGMA,
     exclude_nodes: tuple[str, ...] = (),
-    max_psnr_drift_db: float | None = None,
-    max_acc_drop_pt: float | None = None,
+    budget: Int8Budget | None = None,
     progress: bool = True,
     result: BuildResult | None = None,
 ) -> Path:
     """Make (or reuse, when it is in place and matches its manifest) the ONNX of one precision."""
-    from .calibration import calibrate, convert_fp16, fallback_to_budget
+    from .calibration import convert_fp16
+    from .calibration.int8 import DataSpec, make_int8
     from .checkpoint import is_checkpoint
     from .export import export_onnx
 
@@ -155,41 +117,21 @@ def make_precision_onnx(
     if precision == "fp32":
         return fp32
     manifest = read_manifest(fp32, verify_hash=True) or {}
-    channels = int(manifest.get("in_channels", 1))
-    data = dataset or dataset_of(source) or "digits"
-    noisy, clean, labels = calibration_arrays(data, channels, count=calibration_images, sigma=sigma, seed=seed)
+    data = DataSpec.of(source, dataset, in_channels=int(manifest.get("in_channels", 1)))
     out = onnx_path_for(out_dir, name, precision, target)
     if precision == "fp16":
+        noisy, _, _ = data.calibration_arrays(calibration_images, sigma)
         convert_fp16(fp32, out, calib=noisy[:32], progress=progress)
-    elif max_psnr_drift_db is not None or max_acc_drop_pt is not None:
-        # Keep the most sensitive nodes in float, as few as possible, until the budget holds.
-        eval_noisy, eval_clean, eval_labels = budget_eval_arrays(data, channels, sigma=sigma, seed=seed)
-        report = fallback_to_budget(
-            fp32,
-            out,
-            noisy,
-            eval_noisy,
-            eval_clean,
-            labels=eval_labels,
-            target=target,
-            method="percentile" if method == "auto" else method,
-            max_psnr_drift_db=max_psnr_drift_db if max_psnr_drift_db is not None else float("inf"),
-            max_acc_drop_pt=max_acc_drop_pt if max_acc_drop_pt is not None else 100.0,
-            exclude_nodes=exclude_nodes,
-            cache_dir=out_dir / ".calibration-cache",
-            progress=progress,
-        )
-        if result is not None:
-            result.calibration = report
     else:
-        report = calibrate(
+        report = make_int8(
             fp32,
             out,
-            noisy,
-            clean,
-            calib_labels=labels,
-            target=target,
+            data,
+            target=target,  # type: ignore[arg-type]
             method=method,
+            calibration_images=calibration_images,
+            sigma=sigma,
+            budget=budget,
             exclude_nodes=exclude_nodes,
             cache_dir=out_dir / ".calibration-cache",
             progress=progress,
@@ -226,10 +168,8 @@ def build(
     dataset: str | None = None,
     method: str = "percentile",
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    sigma: float = 25.0,
-    seed: int = 0,
-    max_psnr_drift_db: float | None = None,
-    max_acc_drop_pt: float | None = None,
+    sigma: float = DEFAULT_CALIBRATION_SIGMA,
+    budget: Int8Budget | None = None,
     trt_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> BuildResult:
@@ -252,9 +192,7 @@ def build(
         method=method,
         calibration_images=calibration_images,
         sigma=sigma,
-        seed=seed,
-        max_psnr_drift_db=max_psnr_drift_db,
-        max_acc_drop_pt=max_acc_drop_pt,
+        budget=budget,
         progress=progress,
         result=result,
     )

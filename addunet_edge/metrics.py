@@ -1,6 +1,10 @@
-"""PSNR, SSIM, accuracy and agreement: the one implementation used by training, validation and compare."""
+"""PSNR, SSIM, accuracy, agreement and the drift score: the one implementation used everywhere."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -86,3 +90,85 @@ def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How a candidate's outputs compare with a reference's on the same images. One sign everywhere:
+    negative = worse than the reference (PSNR drift and accuracy change alike)."""
+
+    psnr_db: float | None  # candidate (clipped to [0, 1]) against the clean images; None without them
+    psnr_drift_db: float | None  # candidate PSNR minus reference PSNR
+    fidelity_psnr_db: float  # candidate against the reference's raw output
+    max_abs_error: float  # largest |candidate - reference| of the image output
+    agreement: float  # fraction of images whose top-1 class matches the reference; NaN without logits
+    accuracy: float  # candidate top-1 accuracy; NaN without labels or logits
+    accuracy_change_pt: float  # accuracy minus the reference's, in points; without labels -100 x disagreement
+
+    def breaks(self, max_psnr_drift_db: float, max_acc_drop_pt: float) -> bool:
+        """True when the drift or the accuracy change goes past a budget given as magnitudes (>= 0).
+        A missing or NaN drift (no clean images) cannot pass silently."""
+        drift, change = self.psnr_drift_db, self.accuracy_change_pt
+        return (
+            drift is None
+            or not math.isfinite(drift)
+            or drift < -max_psnr_drift_db
+            or (math.isfinite(change) and change < -max_acc_drop_pt)
+        )
+
+
+def score_outputs(
+    reference: tuple[np.ndarray, np.ndarray],
+    candidate: tuple[np.ndarray, np.ndarray],
+    clean: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Drift:
+    """Score a candidate's (denoised, logits) against the reference's on the same noisy images.
+
+    PSNR against the clean images uses outputs clipped to [0, 1] (what `run` writes); fidelity and the
+    largest error use the raw outputs, so nothing is hidden by the clip.
+    """
+    ref_den, ref_logits = reference
+    den, logits = candidate
+    psnr_db = drift = None
+    if clean is not None:
+        psnr_db = psnr(np.clip(den, 0.0, 1.0), clean)
+        drift = psnr_db - psnr(np.clip(ref_den, 0.0, 1.0), clean)
+    agree = agreement(logits, ref_logits)
+    acc = accuracy(logits, labels) if labels is not None else float("nan")
+    if math.isfinite(acc):
+        change = 100.0 * (acc - accuracy(ref_logits, labels))
+    else:
+        change = float("nan") if math.isnan(agree) else 100.0 * (agree - 1.0)
+    return Drift(psnr_db, drift, psnr(den, ref_den), max_abs_error(den, ref_den), agree, acc, change)
+
+
+def _lowest(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return min(finite) if finite else float("nan")
+
+
+def _lowest_or_none(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else _lowest([v for v in values if v is not None])
+
+
+def worst(drifts: Sequence[Drift]) -> Drift:
+    """Field by field, the worst of several scores (one per noise level, say): what a budget must hold for."""
+    if not drifts:
+        raise ValueError("worst() of no scores")
+    return Drift(
+        psnr_db=_lowest_or_none([d.psnr_db for d in drifts]),
+        psnr_drift_db=_lowest_or_none([d.psnr_drift_db for d in drifts]),
+        fidelity_psnr_db=_lowest([d.fidelity_psnr_db for d in drifts]),
+        max_abs_error=max(d.max_abs_error for d in drifts),
+        agreement=_lowest([d.agreement for d in drifts]),
+        accuracy=_lowest([d.accuracy for d in drifts]),
+        accuracy_change_pt=_lowest([d.accuracy_change_pt for d in drifts]),
+    )
+
+
+def fmt_signed(value: float | None, spec: str = ".3f") -> str:
+    """A drift or change as a person reads it everywhere: with its sign (negative = worse), '-' when absent."""
+    if value is None or math.isnan(value):
+        return "-"
+    return format(value + 0.0, "+" + spec)  # + 0.0 turns -0.0 into 0.0: no "-0.00" for "no change"

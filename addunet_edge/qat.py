@@ -477,9 +477,10 @@ def finetune_qat(
 def _finetune(
     checkpoint: Path, out_dir: Path, cfg: QATConfig, dataset: str | None, baseline: bool, progress: bool
 ) -> QATResult:
-    from .artifacts import atomic_write_json, read_manifest, sha256_file, write_manifest
-    from .build import DEFAULT_CALIBRATION_IMAGES, artifact_name, calibration_arrays, make_precision_onnx, onnx_path_for
+    from .artifacts import atomic_write_json, sha256_file
+    from .build import artifact_name, make_precision_onnx, onnx_path_for
     from .calibration import CalibrationSet, collect_ranges, quantize_int8
+    from .calibration.int8 import DEFAULT_CALIBRATION_IMAGES, DataSpec
     from .calibration.ranges import Ranges, prepare_model
     from .checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
     from .data import load_dataset
@@ -566,9 +567,8 @@ def _finetune(
     learned = learned_tensor_ranges(fq, tensor_of)
 
     images = DEFAULT_CALIBRATION_IMAGES if cfg.calibration_images <= 0 else cfg.calibration_images
-    calib_noisy, _, _ = calibration_arrays(
-        str(source), mc.in_channels, count=images, sigma=cfg.sigma, seed=cfg.seed, size=size
-    )
+    # The fine-tune's seed draws the calibration images (as it drew the training batches).
+    calib_noisy, _, _ = DataSpec(str(source), mc.in_channels, size, cfg.seed).calibration_arrays(images, cfg.sigma)
     calib = CalibrationSet(calib_noisy, name=str(source))
     calibrated = collect_ranges(fp32, calib, "percentile", cfg.percentile, cache=None, progress=progress)
     merged = Ranges(
@@ -600,12 +600,13 @@ def _finetune(
             "tensors": {t: list(r) for t, r in learned.items()},
         },
     )
-    int8 = quantize_int8(fp32, onnx_path_for(out_dir, name, "int8", cfg.target), merged, target=cfg.target)
-    manifest = read_manifest(int8, verify_hash=True) or {}
-    manifest.pop("schema", None)
-    for key in ("artifact", "sha256", "size_bytes", "created_unix", "host", "versions"):
-        manifest.pop(key, None)
-    write_manifest(int8, **manifest, qat={"ranges": RANGES_FILE, "checkpoint": ".", "steps": cfg.steps})
+    int8 = quantize_int8(
+        fp32,
+        onnx_path_for(out_dir, name, "int8", cfg.target),
+        merged,
+        target=cfg.target,
+        manifest_extra={"qat": {"ranges": RANGES_FILE, "checkpoint": ".", "steps": cfg.steps}},
+    )
 
     # The original checkpoint's fp32 ONNX (the "before" scores) and, with `baseline`, its plain int8.
     base_dir = out_dir / "baseline"
@@ -619,7 +620,6 @@ def _finetune(
             dataset=str(source),
             calibration_images=images,
             sigma=cfg.sigma,
-            seed=cfg.seed,
             progress=progress,
         )
     report = _report(cfg, ds.val, base, fp32, int8, qat_info)

@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 
 from .artifacts import atomic_write_json
-from .errors import BudgetError
+from .calibration.int8 import Int8Budget
 
-# Measured at sigma 25: the noise-predicting digits model drifted -0.44 dB (cpu) / -0.48 dB (tensorrt) with
-# plain percentile int8; at 0.08 dB the fallback kept two nodes float (image head, last decoder conv) and the
-# test split drifted -0.05 / -0.07 dB (0.15 dB had left tensorrt at -0.137). The clean-image-predicting model
-# (the recipe now) meets 0.08 dB on tensorrt with the image head float (-0.05 dB on test); on cpu not within
-# the float cap, so the plain int8 model (-0.15 dB) is kept with a note. No accuracy drop is allowed on val.
-INT8_DRIFT_DB = 0.08
-INT8_ACC_DROP_PT = 0.3
+# The int8 fallback's aim, at the worst of validate's noise levels on the validation split: 0.15 dB is half of
+# validate's int8 budget (0.3 dB on the test split), about 0.08 dB at sigma 25; accuracy is held to
+# validate's own budget (one image of 270 is 0.37 pt, so a tighter one chases single images). Measured on
+# the seed-0 model (2-core CPU): plain int8 cpu drifted -0.34 / -0.21 / -0.06 dB at sigma 15 / 25 / 50; the
+# last decoder conv and the image head share the quantized tensor that carries the image, so neither alone
+# helps (-0.32) and both float give -0.14 / -0.08 / -0.00. The old leave-one-out ranking could not find that
+# pair; the "only" ranking does. When the aim is missed within the float cap, the least harmful model is kept
+# and validate judges it.
+INT8_BUDGET = Int8Budget(max_psnr_drift_db=0.15, max_acc_drop_pt=1.0, on_miss="keep_best")
 
 
 @dataclass
@@ -30,20 +33,31 @@ class QuickstartResult:
     bench: Any = None
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    weights_sha256: str = ""
 
 
 def quickstart(
     out: str | Path,
     *,
     epochs: int | None = None,
+    seed: int = 0,
     threads: int = 2,
     bench_iterations: int = 20,
     bench_size: int = 256,
     console: Console | None = None,
     resume: bool = False,
 ) -> QuickstartResult:
-    """Run the whole pipeline on scikit-learn's digits; everything lands under `out`."""
+    """Run the whole pipeline on scikit-learn's digits; everything lands under `out`.
+
+    Training runs on `threads` torch threads: the thread count changes the order of float sums and so the
+    weights, and pinning it makes the same seed give the same weights hash on any machine with that many
+    cores and the same CPU kind.
+    """
+    import torch
+
+    from .artifacts import sha256_file
     from .build import make_precision_onnx, resolve_backend
+    from .checkpoint import WEIGHTS
     from .recipes import train_recipe
 
     console = console or Console()
@@ -53,14 +67,20 @@ def quickstart(
     result = QuickstartResult(checkpoint=ckpt)
     clock = time.perf_counter
 
-    console.print(Rule("1/5 train AddUNet on digits (denoise + classify, sigma 25)"))
+    console.print(Rule(f"1/5 train AddUNet on digits (denoise + classify, sigma 25, seed {seed}, {threads} threads)"))
     t = clock()
-    summary = train_recipe(dataset="digits", out=ckpt, epochs=epochs, resume=resume)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        summary = train_recipe(dataset="digits", out=ckpt, epochs=epochs, seed=seed, resume=resume)
+    finally:
+        torch.set_num_threads(torch_threads)
     result.timings_s["train"] = clock() - t
+    result.weights_sha256 = sha256_file(ckpt / WEIGHTS)
     test = summary["test"]
     console.print(
         f"test PSNR {test['psnr_db']:.2f} dB (noisy input {test['noisy_psnr_db']:.2f} dB), "
-        f"accuracy {100 * test.get('accuracy', float('nan')):.1f} %"
+        f"accuracy {100 * test.get('accuracy', float('nan')):.1f} %; weights sha256 {result.weights_sha256[:16]}"
     )
 
     console.print(Rule("2/5 export to ONNX and make fp16 and int8 variants"))
@@ -69,19 +89,18 @@ def quickstart(
     arts["fp32"] = make_precision_onnx(ckpt, engines, "fp32")
     arts["fp16"] = make_precision_onnx(ckpt, engines, "fp16")
     # cpu: unsigned activations, fast on ONNX Runtime x86. tensorrt: the symmetric flavour a TensorRT plan
-    # needs, validated here for accuracy. Both are held to a drift budget at sigma 25 tighter than
-    # validate's int8 default (the other sigmas drift more), keeping the fewest sensitive nodes in float.
+    # needs, validated here for accuracy. Both keep the fewest sensitive nodes in float for INT8_BUDGET.
+    from .build import BuildResult
+
     for target in ("cpu", "tensorrt"):
-        try:
-            arts[f"int8-{target}"] = make_precision_onnx(
-                ckpt, engines, "int8", target=target, max_psnr_drift_db=INT8_DRIFT_DB, max_acc_drop_pt=INT8_ACC_DROP_PT
-            )
-        except BudgetError as e:
-            # Keep going with the plain int8 model: validate then shows, and judges, how far it drifts.
-            note = f"int8 {target}: {e} Kept the plain int8 model (every node quantized)."
-            console.print(f"[yellow]note:[/] {note}")
-            result.notes.append(note)
-            arts[f"int8-{target}"] = make_precision_onnx(ckpt, engines, "int8", target=target)
+        made = BuildResult(backend="onnxruntime", precision="int8")
+        arts[f"int8-{target}"] = make_precision_onnx(
+            ckpt, engines, "int8", target=target, budget=INT8_BUDGET, result=made
+        )
+        line = made.calibration.summary()
+        console.print(("" if made.calibration.met_budget else "[yellow]note:[/] ") + escape(line))
+        if not made.calibration.met_budget:
+            result.notes.append(line)
     result.timings_s["export+quantize"] = clock() - t
 
     backend, note = resolve_backend("auto")
@@ -110,7 +129,7 @@ def quickstart(
     console.print(
         Rule(f"5/5 bench at 1x1x{bench_size}x{bench_size}, {threads} threads, PyTorch eager fp32 as the baseline")
     )
-    from .benchmarking import bench
+    from .benchmarking import bench, render_table
     from .benchmarking import write_reports as write_bench_reports
 
     t = clock()
@@ -129,11 +148,15 @@ def quickstart(
         markdown=out / "bench" / "bench.md",
         plot=out / "bench" / "latency.png",
     )
+    console.print(render_table(result.bench, width=console.width))
     result.timings_s["bench"] = clock() - t
     atomic_write_json(
         out / "quickstart.json",
         {
             "checkpoint": str(ckpt),
+            "seed": seed,
+            "train_threads": threads,
+            "weights_sha256": result.weights_sha256,
             "artifacts": {k: str(v) for k, v in arts.items()},
             "test": test,
             "timings_s": result.timings_s,
@@ -150,7 +173,7 @@ def render_summary(result: QuickstartResult, out: Path, console: Console) -> Non
 
     console.print(Rule("quickstart done"))
     table = Table(show_header=False, box=None)
-    table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("checkpoint", f"{result.checkpoint} (weights sha256 {result.weights_sha256[:16]})")
     for tag, path in result.artifacts.items():
         table.add_row(tag, str(path))
     table.add_row("validation", f"{out / 'report'} (report.md, validation.json, crops.png, drift.png)")

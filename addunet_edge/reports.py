@@ -51,7 +51,7 @@ _COLUMNS = (
     ("fidelity dB", "right"),
     ("max |err|", "right"),
     ("acc %", "right"),
-    ("drop pt", "right"),
+    ("acc Δ pt", "right"),
     ("agree %", "right"),
     ("budget", "left"),
     ("status", "left"),
@@ -63,7 +63,7 @@ def _table_rows(result: ValidationResult) -> list[tuple[list[str], bool | None]]
     out = []
     for r in result.rows:
         b = r.budget
-        budget = "-" if b is None else f"{b.max_psnr_drift_db:g} dB / {b.max_acc_drop_pt:g} pt"
+        budget = "-" if b is None else f"-{b.max_psnr_drift_db:g} dB / -{b.max_acc_drop_pt:g} pt"
         status = None if r.reference else r.passed
         cells = [
             Path(r.artifact).name + (" (PyTorch)" if r.reference else ""),
@@ -76,7 +76,7 @@ def _table_rows(result: ValidationResult) -> list[tuple[list[str], bool | None]]
             _fmt(r.fidelity_psnr_db, ".1f"),
             _fmt(r.max_abs_error, ".2e"),
             _pct(r.accuracy),
-            _fmt(r.accuracy_drop_pt, "+.2f"),
+            _fmt(r.accuracy_change_pt, "+.2f"),
             _pct(r.agreement),
             budget,
             "reference" if status is None else ("PASS" if status else "FAIL"),
@@ -92,8 +92,8 @@ def rich_table(result: ValidationResult) -> Table:
         title=f"drift against PyTorch: {Path(result.checkpoint).name} on {result.dataset.get('name')} "
         f"(test split, {result.dataset.get('images')} images)",
         caption="drift: PSNR minus PyTorch's (negative = worse); fidelity: PSNR against PyTorch's output; "
-        "drop: accuracy points lost. Budgets (max drift dB / max drop pt): "
-        + ", ".join(f"{p} {b.max_psnr_drift_db:g} / {b.max_acc_drop_pt:g}" for p, b in result.budgets.items()),
+        "acc Δ: accuracy minus PyTorch's in points (negative = worse). Budgets (lowest drift dB / acc Δ pt): "
+        + ", ".join(f"{p} -{b.max_psnr_drift_db:g} / -{b.max_acc_drop_pt:g}" for p, b in result.budgets.items()),
     )
     budget_at = len(_COLUMNS) - 2  # budgets are per precision: the caption lists them, not every row
     for name, justify in _COLUMNS[:budget_at] + _COLUMNS[budget_at + 1 :]:
@@ -126,14 +126,15 @@ def markdown(result: ValidationResult, figures: bool = True) -> str:
         f"- verdict: {verdict}",
         "",
         "Drift is the PSNR of an artifact minus PyTorch's on the same noisy images (negative = worse); fidelity is "
-        "the PSNR of its output against PyTorch's output; the accuracy drop is in percentage points.",
+        "the PSNR of its output against PyTorch's output; acc Δ is its accuracy minus PyTorch's in percentage "
+        "points (negative = worse). A budget is the lowest drift and acc Δ allowed.",
         "",
         "## Budgets",
         "",
-        "| precision | max PSNR drift (dB) | max accuracy drop (pt) |",
+        "| precision | lowest PSNR drift (dB) | lowest accuracy change (pt) |",
         "|---|---:|---:|",
     ]
-    lines += [f"| {p} | {b.max_psnr_drift_db:g} | {b.max_acc_drop_pt:g} |" for p, b in result.budgets.items()]
+    lines += [f"| {p} | -{b.max_psnr_drift_db:g} | -{b.max_acc_drop_pt:g} |" for p, b in result.budgets.items()]
     lines += ["", "## Results", ""]
     lines.append("| " + " | ".join(name.replace("|", "\\|") for name, _ in _COLUMNS) + " |")
     lines.append("|" + "|".join("---" if j == "left" else "---:" for _, j in _COLUMNS) + "|")
@@ -208,15 +209,16 @@ def plot_crops(result: ValidationResult, path: str | Path) -> Path:
 
 
 def plot_drift(result: ValidationResult, path: str | Path) -> Path:
-    """Grouped bars of PSNR drift (and accuracy drop, with classes) per artifact and sigma, budget lines."""
+    """Grouped bars of PSNR drift (and accuracy change, with classes) per artifact and sigma, budget lines;
+    both negative when worse, so every bar below its budget line has failed."""
     plt = pyplot()
     arts = [a for a in result.artifacts if not a.reference]
     sigmas = list(result.sigmas)
     by_key = {(r.artifact, r.sigma): r for r in result.rows if not r.reference}
-    with_acc = any(math.isfinite(r.accuracy_drop_pt) for r in by_key.values())
+    with_acc = any(math.isfinite(r.accuracy_change_pt) for r in by_key.values())
     panels = [("psnr_drift_db", "PSNR drift (dB)", "max_psnr_drift_db", -1.0, "+.3f")]
     if with_acc:
-        panels.append(("accuracy_drop_pt", "accuracy drop (percentage points)", "max_acc_drop_pt", 1.0, "+.2f"))
+        panels.append(("accuracy_change_pt", "accuracy change (percentage points)", "max_acc_drop_pt", -1.0, "+.2f"))
     n_art = max(1, len(arts))
     fig, axes = plt.subplots(
         len(panels),

@@ -14,12 +14,14 @@ import numpy as np
 
 from .artifacts import read_manifest, sha256_file
 from .errors import AddUNetEdgeError, ArtifactError, CheckpointError, ConfigError, DataError, ShapeError
+from .metrics import Drift, fmt_signed
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "addunet-edge/validate"
-SCHEMA_VERSION = 1
+# 2: rows carry accuracy_change_pt (negative = worse, like the drift) instead of accuracy_drop_pt.
+SCHEMA_VERSION = 2
 DEFAULT_SIGMAS: tuple[float, ...] = (15.0, 25.0, 50.0)
 # Crops shown in crops.png: this many images, cut to at most this size around their centre.
 SAMPLE_IMAGES = 3
@@ -88,7 +90,7 @@ class Row:
     max_abs_error: float  # of `denoised` against PyTorch's
     logits_max_abs_error: float
     accuracy: float  # NaN without classes or labels
-    accuracy_drop_pt: float  # percentage points, positive = worse
+    accuracy_change_pt: float  # accuracy minus PyTorch's, percentage points: negative = worse
     agreement: float  # top-1 agreement with PyTorch
     reference: bool
     budget: Budget | None
@@ -109,7 +111,7 @@ class ArtifactSummary:
     budget: Budget | None
     passed: bool
     worst_psnr_drift_db: float
-    worst_accuracy_drop_pt: float
+    worst_accuracy_change_pt: float
     reference: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,46 +371,25 @@ def _metrics(
     logits: np.ndarray,
     clean: np.ndarray,
     labels: np.ndarray | None,
-    ref: tuple[np.ndarray, np.ndarray, float, float] | None,
-) -> dict[str, float]:
-    from .metrics import accuracy, agreement, max_abs_error, psnr, ssim
+    ref: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[dict[str, float], Drift]:
+    """The row's figures and its score against the reference (itself for the reference row)."""
+    from .metrics import max_abs_error, score_outputs, ssim
 
-    # PSNR / SSIM of the delivered image (clipped to [0, 1], as `run` writes it); errors against the
-    # reference use the raw outputs, so nothing is hidden by the clip.
-    shown = np.clip(den, 0.0, 1.0)
-    out = {"psnr_db": psnr(shown, clean), "ssim": ssim(shown, clean)}
-    acc = accuracy(logits, labels) if labels is not None else float("nan")
-    out["accuracy"] = acc
-    if ref is None:
-        out.update(
-            psnr_drift_db=0.0,
-            fidelity_psnr_db=float("inf"),
-            max_abs_error=0.0,
-            logits_max_abs_error=0.0,
-            accuracy_drop_pt=0.0 if math.isfinite(acc) else float("nan"),
-            agreement=agreement(logits, logits),
-        )
-        return out
-    ref_den, ref_logits, ref_psnr, ref_acc = ref
-    out.update(
-        psnr_drift_db=out["psnr_db"] - ref_psnr,
-        fidelity_psnr_db=psnr(den, ref_den),
-        max_abs_error=max_abs_error(den, ref_den),
-        logits_max_abs_error=max_abs_error(logits, ref_logits),
-        accuracy_drop_pt=100.0 * (ref_acc - acc),
-        agreement=agreement(logits, ref_logits),
-    )
-    return out
-
-
-def _breaks(m: Mapping[str, float], budget: Budget) -> bool:
-    drift, drop = m["psnr_drift_db"], m["accuracy_drop_pt"]
-    # A NaN drift (no clean image to compare) cannot pass silently.
-    return (
-        not math.isfinite(drift)
-        or drift < -budget.max_psnr_drift_db
-        or (math.isfinite(drop) and drop > budget.max_acc_drop_pt)
-    )
+    reference = (den, logits) if ref is None else ref
+    score = score_outputs(reference, (den, logits), clean, labels)
+    figures = {
+        "psnr_db": float(score.psnr_db),  # type: ignore[arg-type]  # clean images are always given here
+        "ssim": ssim(np.clip(den, 0.0, 1.0), clean),
+        "accuracy": score.accuracy,
+        "psnr_drift_db": float(score.psnr_drift_db),  # type: ignore[arg-type]
+        "fidelity_psnr_db": score.fidelity_psnr_db,
+        "max_abs_error": score.max_abs_error,
+        "logits_max_abs_error": max_abs_error(logits, reference[1]),
+        "accuracy_change_pt": score.accuracy_change_pt,
+        "agreement": score.agreement,
+    }
+    return figures, score
 
 
 def validate(
@@ -502,15 +483,15 @@ def validate(
             def advance() -> None:
                 bar.advance(task)
 
-            refs: dict[float, tuple[np.ndarray, np.ndarray, float, float]] = {}
+            refs: dict[float, tuple[np.ndarray, np.ndarray]] = {}
             noisy_by_sigma: dict[float, np.ndarray] = {}
             ref_rows: list[Row] = []
             for sigma in sigma_list:
                 noisy = test.noisy(sigma, seed)
                 noisy_by_sigma[sigma] = noisy
                 den, logits = _run(ref_engine, noisy, ref_batch, advance)
-                m = _metrics(den, logits, test.clean, test.labels, None)
-                refs[sigma] = (den, logits, m["psnr_db"], m["accuracy"])
+                m, _ = _metrics(den, logits, test.clean, test.labels, None)
+                refs[sigma] = (den, logits)
                 ref_rows.append(_row(checkpoint, ref_engine.info, "fp32", None, sigma, n, noisy, test.clean, m, True))
                 if sigma == sample_sigma:
                     sample_outputs.append(_crop(den[picks]))
@@ -524,9 +505,10 @@ def validate(
                 for sigma in sigma_list:
                     noisy = noisy_by_sigma[sigma]
                     den, logits = _run(engine, noisy, b, advance)
-                    m = _metrics(den, logits, test.clean, test.labels, refs[sigma])
+                    m, score = _metrics(den, logits, test.clean, test.labels, refs[sigma])
                     row = _row(path, info, precision, target, sigma, n, noisy, test.clean, m)
-                    row.budget, row.passed = budget, not _breaks(m, budget)
+                    row.budget = budget
+                    row.passed = not score.breaks(budget.max_psnr_drift_db, budget.max_acc_drop_pt)
                     art_rows.append(row)
                     if sigma == sample_sigma:
                         sample_outputs.append(_crop(den[picks]))
@@ -582,7 +564,7 @@ def _row(
         max_abs_error=m["max_abs_error"],
         logits_max_abs_error=m["logits_max_abs_error"],
         accuracy=m["accuracy"],
-        accuracy_drop_pt=m["accuracy_drop_pt"],
+        accuracy_change_pt=m["accuracy_change_pt"],
         agreement=m["agreement"],
         reference=reference,
         budget=None,
@@ -599,7 +581,7 @@ def _summary(
     rows: list[Row],
     reference: bool = False,
 ) -> ArtifactSummary:
-    drops = [r.accuracy_drop_pt for r in rows if math.isfinite(r.accuracy_drop_pt)]
+    changes = [r.accuracy_change_pt for r in rows if math.isfinite(r.accuracy_change_pt)]
     return ArtifactSummary(
         artifact=str(path),
         backend=str(info.backend),
@@ -608,7 +590,7 @@ def _summary(
         budget=budget,
         passed=all(r.passed for r in rows),
         worst_psnr_drift_db=min(r.psnr_drift_db for r in rows),
-        worst_accuracy_drop_pt=max(drops) if drops else float("nan"),
+        worst_accuracy_change_pt=min(changes) if changes else float("nan"),
         reference=reference,
     )
 
@@ -620,7 +602,11 @@ def budget_error(result: ValidationResult) -> AddUNetEdgeError:
     parts = []
     for a in result.failed:
         b = a.budget
-        limits = "" if b is None else f" (budget {b.max_psnr_drift_db:g} dB / {b.max_acc_drop_pt:g} pt)"
-        drop = "" if math.isnan(a.worst_accuracy_drop_pt) else f", accuracy drop {a.worst_accuracy_drop_pt:.2f} pt"
-        parts.append(f"{a.artifact}: drift {a.worst_psnr_drift_db:+.4f} dB{drop}{limits}")
+        limits = "" if b is None else f" (budget -{b.max_psnr_drift_db:g} dB / -{b.max_acc_drop_pt:g} pt)"
+        acc = (
+            ""
+            if math.isnan(a.worst_accuracy_change_pt)
+            else f", accuracy {fmt_signed(a.worst_accuracy_change_pt, '.2f')} pt"
+        )
+        parts.append(f"{a.artifact}: worst drift {fmt_signed(a.worst_psnr_drift_db, '.4f')} dB{acc}{limits}")
     return BudgetError(f"{len(parts)} artifact(s) break their drift budget: " + "; ".join(parts))

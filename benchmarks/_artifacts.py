@@ -4,16 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-
-def calibration_images(count: int = 32, size: int = 64, seed: int = 0) -> np.ndarray:
-    """Smooth random images plus Gaussian noise (sigma 25/255): enough to set int8 ranges for a speed test."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((count, 1, size // 8, size // 8), dtype=np.float32)
-    clean = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
-    return np.clip(clean + rng.normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
-
 
 def make_artifacts(
     folder: Path, width: int = 32, depth: int = 4, checkpoint: Path | None = None, int8: bool = True
@@ -36,8 +26,9 @@ def make_artifacts(
     fp32, _ = export_onnx(checkpoint, folder / f"{checkpoint.name}.fp32.onnx")
     if not int8:
         return checkpoint, Path(fp32), None
-    from addunet_edge.calibration import collect_ranges, quantize_int8
+    from addunet_edge.calibration.int8 import DataSpec, make_int8
 
-    ranges = collect_ranges(fp32, calibration_images(), method="percentile", progress=False)
-    int8_path = quantize_int8(fp32, folder / f"{checkpoint.name}.int8.onnx", ranges, target="cpu")
-    return checkpoint, Path(fp32), Path(int8_path)
+    # The package's one int8 path. Speed does not depend on the ranges, so digits serve any gray model here.
+    int8_path = folder / f"{checkpoint.name}.int8.cpu.onnx"
+    make_int8(fp32, int8_path, DataSpec("digits", in_channels=1), target="cpu", calibration_images=32, progress=False)
+    return checkpoint, Path(fp32), int8_path

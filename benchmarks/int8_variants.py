@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from rich.table import Table
 from addunet_edge.build import make_precision_onnx
 from addunet_edge.checkpoint import read_checkpoint_meta
 from addunet_edge.qat import QATConfig, finetune_qat
-from addunet_edge.quickstart import INT8_ACC_DROP_PT, INT8_DRIFT_DB
+from addunet_edge.quickstart import INT8_BUDGET
 from addunet_edge.recipes import train_recipe
 from addunet_edge.validation import validate
 
@@ -47,7 +48,7 @@ def _int8_scores(checkpoint: Path, artifacts: dict[str, Path]) -> dict[str, Any]
     by_path = {Path(r.artifact).resolve(): r for r in result.rows if r.precision == "int8"}
     for tag, path in artifacts.items():
         row = by_path[path.resolve()]
-        out[tag] = {"drift_db": row.psnr_drift_db, "acc_drop_pt": row.accuracy_drop_pt, "agreement": row.agreement}
+        out[tag] = {"drift_db": row.psnr_drift_db, "acc_change_pt": row.accuracy_change_pt, "agreement": row.agreement}
     return out
 
 
@@ -64,18 +65,14 @@ def run_variant(out: Path, name: str, seed: int, reuse: Path | None, qat_steps: 
     arts: dict[str, Path] = {}
     classify = read_checkpoint_meta(ckpt)["model"]["num_classes"] > 0
     for target in TARGETS:
-        arts[f"ptq-{target}"] = make_precision_onnx(
-            ckpt, engines / "ptq", "int8", target=target, seed=seed, progress=False
-        )
+        arts[f"ptq-{target}"] = make_precision_onnx(ckpt, engines / "ptq", "int8", target=target, progress=False)
         try:
             arts[f"default-{target}"] = make_precision_onnx(
                 ckpt,
                 engines / "default",
                 "int8",
                 target=target,
-                seed=seed,
-                max_psnr_drift_db=INT8_DRIFT_DB,
-                max_acc_drop_pt=INT8_ACC_DROP_PT if classify else None,
+                budget=INT8_BUDGET if classify else replace(INT8_BUDGET, max_acc_drop_pt=100.0),
                 progress=False,
             )
         except Exception as e:  # a budget that cannot be met is a result too
@@ -131,7 +128,7 @@ def main() -> None:
     for r in rows:
         acc = r["accuracy"]
         cells = [
-            f"{_fmt(r, f'{k}-{t}', 'drift_db', '+.3f')} / {_fmt(r, f'{k}-{t}', 'acc_drop_pt', '+.2f')}"
+            f"{_fmt(r, f'{k}-{t}', 'drift_db', '+.3f')} / {_fmt(r, f'{k}-{t}', 'acc_change_pt', '+.2f')}"
             for k in ("ptq", "default", "qat")
             for t in TARGETS
         ]

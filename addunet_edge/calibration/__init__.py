@@ -14,8 +14,8 @@ from .ranges import (
 )
 from .sensitivity import (
     CalibrationReport,
+    EvalImages,
     FallbackReport,
-    Score,
     calibrate,
     fallback_to_budget,
     run_onnx,
@@ -30,9 +30,9 @@ __all__ = [
     "TARGETS",
     "CalibrationReport",
     "CalibrationSet",
+    "EvalImages",
     "FallbackReport",
     "Ranges",
-    "Score",
     "calibrate",
     "collect_ranges",
     "convert_fp16",

@@ -61,12 +61,14 @@ def quantize_int8(
     per_channel: bool = True,
     exclude_nodes: Sequence[str] = (),
     exclude_op_types: Sequence[str] = (),
+    manifest_extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an int8 Q/DQ model of `onnx_in` to `onnx_out` (atomically, with a manifest) using `ranges`.
 
     `ranges` are activation ranges from `collect_ranges` on the same model; `exclude_nodes` and
-    `exclude_op_types` stay in float. The output is checked with onnx's full checker and run once on
-    ONNX Runtime before it is written.
+    `exclude_op_types` stay in float; `manifest_extra` adds sections to the manifest (QAT records its
+    ranges there). The output is checked with onnx's full checker and run once on ONNX Runtime before
+    it is written.
     """
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
@@ -115,6 +117,7 @@ def quantize_int8(
         source_sha256=sha256_file(onnx_in),
         excluded_nodes=list(exclude_nodes),
         excluded_op_types=list(exclude_op_types),
+        **dict(manifest_extra or {}),
     )
     return onnx_out
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import BudgetError, ConfigError, DataError
-from ..metrics import accuracy, agreement, psnr
+from ..metrics import Drift, fmt_signed, psnr, score_outputs, worst
 from ..progress import progress_bar
 from .qdq import TARGETS, Target, quantizable_nodes, quantize_int8
 from .ranges import (
@@ -28,24 +28,33 @@ from .ranges import (
     session,
 )
 
-SensitivityMode = Literal["leave_out", "only"]
+SensitivityMode = Literal["only", "leave_out"]
 DEFAULT_METHOD = "percentile"  # DESIGN §2a: percentile 99.999 beat minmax; entropy was catastrophic
-# The fallback gives up (BudgetError) rather than keep more than this fraction of the quantizable nodes in
-# float. Measured: the quickstart models need 1-4 of 25; a denoise-only digits model whose int8 error is
-# spread over every node walked all 25 into float for a 0.08 dB budget, an "int8" model that is fp32 inside.
+# The fallback gives up rather than keep more than this fraction of the quantizable nodes in float.
+# Measured: the quickstart models need 1-4 of 25; a denoise-only digits model whose int8 error is spread
+# over every node walked all 25 into float for a 0.08 dB budget, an "int8" model that is fp32 inside.
 MAX_FLOAT_FRACTION = 0.25
+OnMiss = Literal["raise", "keep_best"]
 
 
-@dataclass
-class Score:
-    """How one quantized model compares with the fp32 model on the same images."""
+@dataclass(frozen=True)
+class EvalImages:
+    """Noisy images with their clean targets (and labels) scored as one group: one noise level, say.
+    A budget must hold for every group, so the worst group is what counts."""
 
-    label: str
-    psnr_db: float | None  # vs clean targets (None without them)
-    drift_db: float | None  # fp32 PSNR minus this PSNR: positive = worse
-    psnr_vs_fp32_db: float  # fidelity to the fp32 model's own output
-    agreement: float  # fraction of images whose top-1 class matches fp32 (NaN without a classifier)
-    accuracy_drop_pt: float  # accuracy lost vs fp32 in points (labels), or 100 x disagreement
+    name: str
+    noisy: np.ndarray
+    clean: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.noisy.shape != self.clean.shape or self.noisy.ndim != 4 or len(self.noisy) == 0:
+            raise DataError(
+                f"evaluation images '{self.name}': noisy {self.noisy.shape} and clean {self.clean.shape} must "
+                "be equal, non-empty (N, C, H, W) arrays"
+            )
+        if self.labels is not None and len(self.labels) != len(self.noisy):
+            raise DataError(f"evaluation images '{self.name}': {len(self.labels)} labels for {len(self.noisy)} images")
 
 
 @dataclass
@@ -57,7 +66,7 @@ class CalibrationReport:
     set_size: int
     scored_on: int
     fp32_psnr_db: float | None
-    scores: list[Score]
+    scores: dict[str, Drift]  # calibration method -> its int8 model against fp32 on the held-out images
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,18 +81,31 @@ class FallbackReport:
     target: str
     met_budget: bool
     float_nodes: list[str]
-    before: Score
-    after: Score
+    before: Drift  # worst group, every node int8
+    after: Drift  # worst group, with float_nodes in float
     sensitivity: dict[str, float]  # node -> measured harm (bigger = keep in float first)
     mode: str
     max_psnr_drift_db: float
     max_acc_drop_pt: float
+    groups: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["out_path"] = str(self.out_path)
         return d
+
+    def summary(self) -> str:
+        """One line a person reads: the worst drift and accuracy change over the budget's noise levels,
+        before and after the fallback, signed as everywhere else (negative = worse)."""
+        b, a = self.before, self.after
+        return (
+            f"int8 {self.target}, worst of {', '.join(self.groups)}: drift {fmt_signed(b.psnr_drift_db)} -> "
+            f"{fmt_signed(a.psnr_drift_db)} dB, accuracy {fmt_signed(b.accuracy_change_pt, '.2f')} -> "
+            f"{fmt_signed(a.accuracy_change_pt, '.2f')} pt (budget -{self.max_psnr_drift_db:g} dB / "
+            f"-{self.max_acc_drop_pt:g} pt: {'met' if self.met_budget else 'NOT met'}); float nodes: "
+            f"{', '.join(self.float_nodes) or 'none'}"
+        )
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
@@ -100,30 +122,9 @@ def run_onnx(model: str | Path, noisy: np.ndarray, batch_size: int = 8) -> tuple
     return np.concatenate(den), np.concatenate(log)
 
 
-def score(
-    label: str,
-    reference: tuple[np.ndarray, np.ndarray],
-    candidate: tuple[np.ndarray, np.ndarray],
-    clean: np.ndarray | None,
-    labels: np.ndarray | None = None,
-) -> Score:
-    ref_den, ref_log = reference
-    den, log = candidate
-    psnr_db = drift_db = None
-    if clean is not None:
-        psnr_db = psnr(np.clip(den, 0, 1), clean)
-        drift_db = psnr(np.clip(ref_den, 0, 1), clean) - psnr_db
-    agree = agreement(log, ref_log)
-    if labels is not None and log.shape[1] > 0:
-        drop = 100.0 * (accuracy(ref_log, labels) - accuracy(log, labels))
-    else:
-        drop = 0.0 if math.isnan(agree) else 100.0 * (1.0 - agree)
-    return Score(label, psnr_db, drift_db, psnr(den, ref_den), agree, drop)
-
-
-def _rank_key(s: Score) -> float:
-    """Smaller is better: drift when clean targets exist, else lost fidelity to fp32."""
-    return s.drift_db if s.drift_db is not None else -s.psnr_vs_fp32_db
+def _rank_key(s: Drift) -> float:
+    """Larger is better: drift when clean targets exist, else fidelity to fp32."""
+    return s.psnr_drift_db if s.psnr_drift_db is not None else s.fidelity_psnr_db
 
 
 # --- calibrate ----------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def calibrate(
 
     With clean targets (or method 'auto'), the last quarter of the set is held out: ranges come from the
     rest and every candidate is scored there. 'auto' tries minmax, percentile and entropy and keeps the
-    one with the smallest PSNR drift (or, without clean targets, the highest PSNR against fp32).
+    one with the least PSNR drift (or, without clean targets, the highest PSNR against fp32).
     """
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
@@ -177,7 +178,7 @@ def calibrate(
     cal, hold = data.split() if split else (data, data)
     fp32_out = run_onnx(onnx_fp32, hold.noisy, batch_size)
     fp32_psnr = None if hold.clean is None else psnr(np.clip(fp32_out[0], 0, 1), hold.clean)
-    scores: list[Score] = []
+    scores: dict[str, Drift] = {}
     messages: list[str] = []
     found: dict[str, Ranges] = {}
     with tempfile.TemporaryDirectory(prefix="addunet-cal-") as tmp:
@@ -196,12 +197,12 @@ def calibrate(
                 exclude_nodes=exclude_nodes,
                 exclude_op_types=exclude_op_types,
             )
-            scores.append(score(m, fp32_out, run_onnx(trial, hold.noisy, batch_size), hold.clean, hold.labels))
-    best = min(scores, key=_rank_key) if method == "auto" else scores[0]
+            scores[m] = score_outputs(fp32_out, run_onnx(trial, hold.noisy, batch_size), hold.clean, hold.labels)
+    best = max(scores, key=lambda m: _rank_key(scores[m]))
     out = quantize_int8(
         onnx_fp32,
         out_path,
-        found[best.label],
+        found[best],
         target=target,
         per_channel=per_channel,
         exclude_nodes=exclude_nodes,
@@ -210,8 +211,8 @@ def calibrate(
     return CalibrationReport(
         out_path=out,
         target=target,
-        method=best.label,
-        percentile=float(percentile) if best.label == "percentile" else None,
+        method=best,
+        percentile=float(percentile) if best == "percentile" else None,
         set_size=len(cal),
         scored_on=len(hold),
         fp32_psnr_db=fp32_psnr,
@@ -227,65 +228,65 @@ def fallback_to_budget(
     onnx_fp32: str | Path,
     out_path: str | Path,
     calib_noisy: np.ndarray | CalibrationSet,
-    eval_noisy: np.ndarray,
-    eval_clean: np.ndarray,
+    evaluation: Sequence[EvalImages],
     *,
     target: Target = "tensorrt",
     max_psnr_drift_db: float,
     max_acc_drop_pt: float,
-    labels: np.ndarray | None = None,
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     exclude_nodes: Sequence[str] = (),
     exclude_op_types: Sequence[str] = (),
     cache_dir: str | Path | None = None,
-    mode: SensitivityMode = "leave_out",
+    mode: SensitivityMode = "only",
     max_float_nodes: int | None = None,
     max_float_fraction: float = MAX_FLOAT_FRACTION,
+    on_miss: OnMiss = "raise",
     batch_size: int = 8,
     progress: bool = True,
 ) -> FallbackReport:
     """Quantize, then keep the most sensitive nodes in float, as few as possible, until the budget holds.
 
-    Sensitivity of a node is measured on the evaluation set: with mode 'leave_out', the improvement when
-    only that node stays float; with 'only', the harm when only that node is quantized. Nodes are then
-    left in float greedily in that order until PSNR drift <= max_psnr_drift_db and the accuracy drop
-    (or top-1 disagreement with fp32 without labels) <= max_acc_drop_pt. Raises BudgetError, writing
-    nothing, when even `max_float_nodes` float nodes do not meet it (default: `max_float_fraction` of the
-    quantizable nodes: past that the "int8" model would be a float model in disguise, slower than fp32).
+    The budget must hold for every group of `evaluation` (one per noise level, say): PSNR drift no worse
+    than -max_psnr_drift_db and accuracy change (or top-1 disagreement with fp32 without labels) no worse
+    than -max_acc_drop_pt. Sensitivity of a node is measured with mode 'only' as the harm when only that
+    node is quantized (the default: it isolates nodes that only hurt together, such as the last decoder
+    conv and the image head, which share one quantized tensor), with 'leave_out' as the improvement when
+    only that node stays float. Nodes are then kept in float greedily in that order. When even
+    `max_float_nodes` (default: `max_float_fraction` of the quantizable nodes, past which the "int8" model
+    would be a float model in disguise) do not meet the budget, `on_miss='raise'` raises BudgetError and
+    writes nothing; 'keep_best' writes the least harmful model found and reports met_budget=False.
     """
     if max_psnr_drift_db < 0 or max_acc_drop_pt < 0:
-        raise ConfigError("drift budgets must be non-negative")
+        raise ConfigError("drift budgets are magnitudes and must be non-negative")
     if mode not in ("leave_out", "only"):
-        raise ConfigError(f"sensitivity mode must be 'leave_out' or 'only', got {mode!r}")
+        raise ConfigError(f"sensitivity mode must be 'only' or 'leave_out', got {mode!r}")
+    if on_miss not in ("raise", "keep_best"):
+        raise ConfigError(f"on_miss must be 'raise' or 'keep_best', got {on_miss!r}")
+    if not evaluation:
+        raise DataError("the drift budget needs at least one group of evaluation images")
     data = _calibration_set(onnx_fp32, calib_noisy, None, None, batch_size)
-    eval_noisy = np.ascontiguousarray(eval_noisy, dtype=np.float32)
-    eval_clean = np.asarray(eval_clean, dtype=np.float32)
-    if eval_noisy.shape != eval_clean.shape or eval_noisy.ndim != 4 or len(eval_noisy) == 0:
-        raise DataError(
-            f"evaluation noisy {eval_noisy.shape} and clean {eval_clean.shape} must be equal, "
-            "non-empty (N, C, H, W) arrays"
-        )
-    data.check_channels(eval_noisy.shape[1], "the evaluation images")
+    for group in evaluation:
+        data.check_channels(group.noisy.shape[1], f"the evaluation images '{group.name}'")
     ranges = collect_ranges(
         onnx_fp32, data, method, percentile, _cache_file(cache_dir, onnx_fp32, method, data), progress=progress
     )
-    reference = run_onnx(onnx_fp32, eval_noisy, batch_size)
+    references = [run_onnx(onnx_fp32, g.noisy, batch_size) for g in evaluation]
     base_excluded = list(exclude_nodes)
     candidates = [n for n in quantizable_nodes(prepare_model(onnx_fp32), target) if n not in base_excluded]
 
-    def within(s: Score) -> bool:
-        return (s.drift_db or 0.0) <= max_psnr_drift_db and s.accuracy_drop_pt <= max_acc_drop_pt
-
-    def harm(s: Score) -> float:
+    def harm(s: Drift) -> float:
         # Both budgets at once: each violation measured in units of its own budget.
-        return max(s.drift_db or 0.0, 0.0) / max(max_psnr_drift_db, 1e-6) + max(s.accuracy_drop_pt, 0.0) / max(
-            max_acc_drop_pt, 1e-6
-        )
+        drift = -(s.psnr_drift_db or 0.0)
+        change = -s.accuracy_change_pt if math.isfinite(s.accuracy_change_pt) else 0.0
+        return max(drift, 0.0) / max(max_psnr_drift_db, 1e-6) + max(change, 0.0) / max(max_acc_drop_pt, 1e-6)
+
+    def within(s: Drift) -> bool:
+        return not s.breaks(max_psnr_drift_db, max_acc_drop_pt)
 
     with tempfile.TemporaryDirectory(prefix="addunet-fallback-") as tmp:
 
-        def trial(excluded: Sequence[str], label: str) -> Score:
+        def trial(excluded: Sequence[str]) -> Drift:
             path = quantize_int8(
                 onnx_fp32,
                 Path(tmp) / "trial.onnx",
@@ -294,55 +295,73 @@ def fallback_to_budget(
                 exclude_nodes=excluded,
                 exclude_op_types=exclude_op_types,
             )
-            return score(label, reference, run_onnx(path, eval_noisy, batch_size), eval_clean, labels)
+            return worst(
+                [
+                    score_outputs(ref, run_onnx(path, g.noisy, batch_size), g.clean, g.labels)
+                    for g, ref in zip(evaluation, references, strict=True)
+                ]
+            )
 
-        before = trial(base_excluded, "int8")
+        before = trial(base_excluded)
         sensitivity: dict[str, float] = {}
-        float_nodes = list(base_excluded)
-        after = before
+        float_nodes: list[str] = []
+        after, best_nodes, best = before, [], before
+        limit = 0
         if not within(before):
             with progress_bar(progress) as bar:
                 task = bar.add_task(f"sensitivity ({mode})", total=len(candidates))
                 for node in candidates:
                     if mode == "leave_out":
-                        sensitivity[node] = harm(before) - harm(trial([*base_excluded, node], node))
+                        sensitivity[node] = harm(before) - harm(trial([*base_excluded, node]))
                     else:
                         others = [n for n in candidates if n != node]
-                        sensitivity[node] = harm(trial([*base_excluded, *others], node))
+                        sensitivity[node] = harm(trial([*base_excluded, *others]))
                     bar.advance(task)
             ranked = sorted(candidates, key=lambda n: sensitivity[n], reverse=True)
             limit = max(1, math.floor(max_float_fraction * len(ranked))) if max_float_nodes is None else max_float_nodes
             for node in ranked[:limit]:
                 float_nodes.append(node)
-                after = trial(float_nodes, "int8+fallback")
+                after = trial([*base_excluded, *float_nodes])
+                if harm(after) < harm(best):
+                    best, best_nodes = after, list(float_nodes)
                 if within(after):
                     break
+        met = within(after)
+        if not met:
+            after, float_nodes = best, best_nodes
         report = FallbackReport(
             out_path=Path(out_path),
             target=target,
-            met_budget=within(after),
-            float_nodes=[n for n in float_nodes if n not in base_excluded],
+            met_budget=met,
+            float_nodes=float_nodes,
             before=before,
             after=after,
             sensitivity=sensitivity,
             mode=mode,
             max_psnr_drift_db=max_psnr_drift_db,
             max_acc_drop_pt=max_acc_drop_pt,
+            groups=[g.name for g in evaluation],
             messages=list(ranges.messages),
         )
-    if not report.met_budget:
+    if not met and on_miss == "raise":
         raise BudgetError(
-            f"int8 cannot meet the budget (drift <= {max_psnr_drift_db} dB, accuracy drop <= "
-            f"{max_acc_drop_pt} pt) even with {len(report.float_nodes)} node(s) in float: drift "
-            f"{after.drift_db:.3f} dB, drop {after.accuracy_drop_pt:.2f} pt. Use the fp16 model, a looser "
+            f"int8 cannot meet the budget (drift >= -{max_psnr_drift_db:g} dB, accuracy change >= "
+            f"-{max_acc_drop_pt:g} pt at every noise level) with at most {limit} node(s) in float: the best "
+            f"kept {len(float_nodes)} float and reached drift {fmt_signed(after.psnr_drift_db, '.3f')} dB, "
+            f"accuracy change {fmt_signed(after.accuracy_change_pt, '.2f')} pt. Use the fp16 model, a looser "
             "budget, quantization-aware fine-tuning (finetune --qat), or retrain with norm/bound."
+        )
+    if not met:
+        report.messages.append(
+            f"int8 budget not met within {limit} float node(s): kept the least harmful model "
+            f"({len(float_nodes)} float, drift {fmt_signed(after.psnr_drift_db, '.3f')} dB)"
         )
     quantize_int8(
         onnx_fp32,
         out_path,
         ranges,
         target=target,
-        exclude_nodes=float_nodes,
+        exclude_nodes=[*base_excluded, *float_nodes],
         exclude_op_types=exclude_op_types,
     )
     return report

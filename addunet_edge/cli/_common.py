@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ..errors import AddUNetEdgeError
+
+if TYPE_CHECKING:
+    from ..calibration.int8 import Int8Budget
 
 # Where output goes to a file or CI log, tables get room instead of folding every cell at 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -124,3 +128,15 @@ ThreadsOpt = Annotated[
     int, typer.Option("--threads", help="CPU threads for torch / onnxruntime (0 = library default).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
+
+
+def int8_budget(max_psnr_drift: float | None, max_acc_drop: float | None) -> Int8Budget | None:
+    """--max-psnr-drift / --max-acc-drop as the int8 fallback's budget; None when neither is given."""
+    from ..calibration.int8 import Int8Budget
+
+    if max_psnr_drift is None and max_acc_drop is None:
+        return None
+    return Int8Budget(
+        max_psnr_drift_db=math.inf if max_psnr_drift is None else max_psnr_drift,
+        max_acc_drop_pt=100.0 if max_acc_drop is None else max_acc_drop,
+    )

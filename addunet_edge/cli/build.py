@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import SeedOpt, SigmaOpt, command, console
+from ._common import SigmaOpt, command, console, int8_budget
 
 
 def register(app: typer.Typer) -> None:
@@ -57,9 +57,10 @@ def register(app: typer.Typer) -> None:
         calibration_images: Annotated[int, typer.Option(help="Calibration set size.")] = 256,
         sigma: SigmaOpt = 25.0,
         max_psnr_drift: Annotated[
-            float | None, typer.Option(help="int8: keep sensitive nodes in float until drift <= this (dB).")
+            float | None,
+            typer.Option(help="int8: keep sensitive nodes float until drift >= -this dB at sigma 15, 25 and 50."),
         ] = None,
-        max_acc_drop: Annotated[float | None, typer.Option(help="int8: ... and accuracy drop <= this (pt).")] = None,
+        max_acc_drop: Annotated[float | None, typer.Option(help="int8: ... and accuracy falls <= this (pt).")] = None,
         batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
         sizes: Annotated[str, typer.Option(help="TensorRT profile HxW min,opt,max.")] = "64x64,256x256,1024x1024",
         workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit (MiB).")] = None,
@@ -68,7 +69,6 @@ def register(app: typer.Typer) -> None:
         dla_core: Annotated[int | None, typer.Option(help="DLA core (Jetson), GPU fallback on.")] = None,
         version_compatible: Annotated[bool, typer.Option(help="Plan loadable by later TensorRT.")] = False,
         hardware_compatible: Annotated[bool, typer.Option(help="Plan loadable on Ampere+ GPUs.")] = False,
-        seed: SeedOpt = 0,
     ) -> None:
         """Make the precision ONNX (on demand) and, where TensorRT and a GPU exist, a strongly typed plan."""
         from ..artifacts import output_lock
@@ -98,9 +98,7 @@ def register(app: typer.Typer) -> None:
                 method=method,
                 calibration_images=calibration_images,
                 sigma=sigma,
-                seed=seed,
-                max_psnr_drift_db=max_psnr_drift,
-                max_acc_drop_pt=max_acc_drop,
+                budget=int8_budget(max_psnr_drift, max_acc_drop),
                 trt_options=trt_options,
             )
         for note in result.notes:

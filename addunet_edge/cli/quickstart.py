@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import command, console
+from ._common import SeedOpt, command, console
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,10 @@ def register(app: typer.Typer) -> None:
             "runs/quickstart"
         ),
         epochs: Annotated[int, typer.Option(help="Training epochs (0 = the digits recipe's default).")] = 0,
-        threads: Annotated[int, typer.Option(help="CPU threads for the benchmark.")] = 2,
+        seed: SeedOpt = 0,
+        threads: Annotated[
+            int, typer.Option(help="CPU threads for training and the benchmark (pinned: it changes the weights).")
+        ] = 2,
         iterations: Annotated[int, typer.Option(help="Timed runs per artifact in the benchmark.")] = 20,
         resume: Annotated[bool, typer.Option(help="Resume an interrupted training in --out.")] = False,
     ) -> None:
@@ -30,6 +33,7 @@ def register(app: typer.Typer) -> None:
             result = quickstart(
                 out,
                 epochs=epochs or None,
+                seed=seed,
                 threads=threads,
                 bench_iterations=iterations,
                 console=console,

@@ -19,6 +19,7 @@ from onnx import numpy_helper  # noqa: E402
 from addunet_edge.artifacts import read_manifest  # noqa: E402
 from addunet_edge.calibration import (  # noqa: E402
     CalibrationSet,
+    EvalImages,
     FallbackReport,
     calibrate,
     collect_ranges,
@@ -28,7 +29,7 @@ from addunet_edge.calibration import (  # noqa: E402
     run_onnx,
 )
 from addunet_edge.errors import ArtifactError, BudgetError, DataError  # noqa: E402
-from addunet_edge.metrics import psnr  # noqa: E402
+from addunet_edge.metrics import fmt_signed, psnr  # noqa: E402
 from addunet_edge.model import ModelConfig, build_model, fold_batchnorm  # noqa: E402
 
 SIZE = 24
@@ -213,17 +214,18 @@ def test_calibrate_auto_reports_every_method_and_keeps_the_best(fp32: Path, data
     report = calibrate(
         fp32, out, noisy, clean, target="cpu", method="auto", cache_dir=tmp_path / "cache", progress=False
     )
-    assert {s.label for s in report.scores} == {"minmax", "percentile", "entropy"}
-    best = min(report.scores, key=lambda s: s.drift_db)
-    assert report.method == best.label
+    assert set(report.scores) == {"minmax", "percentile", "entropy"}
+    # Drift is negative when worse, as everywhere: the best method has the highest drift.
+    best = max(report.scores, key=lambda m: report.scores[m].psnr_drift_db)
+    assert report.method == best
     assert report.scored_on == 5 and report.set_size == 15
-    assert all(0.0 <= s.agreement <= 1.0 for s in report.scores)
-    assert read_manifest(out, required=True)["calibration"]["method"] == best.label
+    assert all(0.0 <= s.agreement <= 1.0 for s in report.scores.values())
+    assert read_manifest(out, required=True)["calibration"]["method"] == best
     assert len(list((tmp_path / "cache").glob("*.json"))) == 3
     again = calibrate(
         fp32, out, noisy, clean, target="cpu", method="auto", cache_dir=tmp_path / "cache", progress=False
     )
-    assert [s.drift_db for s in again.scores] == [s.drift_db for s in report.scores]
+    assert [s.psnr_drift_db for s in again.scores.values()] == [s.psnr_drift_db for s in report.scores.values()]
 
 
 def test_bad_inputs_write_nothing(fp32: Path, data, tmp_path: Path) -> None:
@@ -255,8 +257,7 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
             fp32,
             tmp_path / name,
             noisy,
-            noisy,
-            clean,
+            [EvalImages("all", noisy, clean)],
             target="tensorrt",
             max_psnr_drift_db=drift_db,
             max_acc_drop_pt=100.0,
@@ -268,10 +269,10 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
         fallback("x.onnx", 0.0, max_float_nodes=1)
     assert not (tmp_path / "x.onnx").exists()
     probe = fallback("probe.onnx", 100.0)
-    assert probe.float_nodes == [] and probe.before.drift_db > 0.3
-    budget = probe.before.drift_db / 2
+    assert probe.float_nodes == [] and probe.before.psnr_drift_db < -0.3
+    budget = -probe.before.psnr_drift_db / 2
     report = fallback("fb.onnx", budget, max_float_fraction=1.0)
-    assert report.met_budget and report.after.drift_db <= budget
+    assert report.met_budget and report.after.psnr_drift_db >= -budget
     assert 1 <= len(report.float_nodes) < len(report.sensitivity)
     ranked = sorted(report.sensitivity, key=report.sensitivity.get, reverse=True)
     assert report.float_nodes == ranked[: len(report.float_nodes)]
@@ -280,6 +281,45 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
     with pytest.raises(BudgetError, match="finetune --qat"):
         fallback("all.onnx", 0.0)
     assert not (tmp_path / "all.onnx").exists()
+    # ... or, when asked, the least harmful model within the cap is written and said to miss the budget.
+    kept = fallback("best.onnx", 0.0, on_miss="keep_best")
+    assert not kept.met_budget and (tmp_path / "best.onnx").exists()
+    assert 0 < len(kept.float_nodes) <= len(kept.sensitivity) // 4
+    assert kept.after.psnr_drift_db > kept.before.psnr_drift_db
+    assert "NOT met" in kept.summary() and any("not met" in m for m in kept.messages)
+    # The printed line carries the signed drift before and after (negative = worse).
+    assert kept.before.psnr_drift_db < 0
+    assert (
+        f"drift {fmt_signed(kept.before.psnr_drift_db)} -> {fmt_signed(kept.after.psnr_drift_db)} dB" in kept.summary()
+    )
+    assert read_manifest(tmp_path / "best.onnx")["excluded_nodes"] == kept.float_nodes
+
+
+def test_fallback_budget_holds_at_the_worst_group(fp32: Path, data, tmp_path: Path) -> None:
+    """Scored per group (noise level): a budget the mild group meets but the hard one breaks is broken."""
+    noisy = data[0]
+    reference = run_onnx(fp32, noisy)[0]
+    rng = np.random.default_rng(2)
+    # Targets close to the fp32 output: int8's error costs many dB there; targets far off hide it.
+    near = np.clip(reference + rng.normal(0, 0.002, reference.shape), 0, 1).astype(np.float32)
+    far = np.clip(reference + rng.normal(0, 0.2, reference.shape), 0, 1).astype(np.float32)
+    groups = [EvalImages("far", noisy, far), EvalImages("near", noisy, near)]
+    common = {"target": "tensorrt", "max_acc_drop_pt": 100.0, "progress": False}
+    far_only = fallback_to_budget(fp32, tmp_path / "a.onnx", noisy, groups[:1], max_psnr_drift_db=100.0, **common)
+    both = fallback_to_budget(fp32, tmp_path / "b.onnx", noisy, groups, max_psnr_drift_db=100.0, **common)
+    near_only = fallback_to_budget(fp32, tmp_path / "c.onnx", noisy, groups[1:], max_psnr_drift_db=100.0, **common)
+    assert both.groups == ["far", "near"]
+    assert both.before.psnr_drift_db == near_only.before.psnr_drift_db < far_only.before.psnr_drift_db
+    # The budget set between the two groups' drifts: met by the far group alone, broken by both.
+    budget = -(far_only.before.psnr_drift_db + near_only.before.psnr_drift_db) / 2
+    assert (
+        fallback_to_budget(fp32, tmp_path / "d.onnx", noisy, groups[:1], max_psnr_drift_db=budget, **common).float_nodes
+        == []
+    )
+    held = fallback_to_budget(
+        fp32, tmp_path / "e.onnx", noisy, groups, max_psnr_drift_db=budget, max_float_fraction=1.0, **common
+    )
+    assert held.float_nodes and held.after.psnr_drift_db >= -budget
 
 
 @pytest.mark.slow
@@ -308,8 +348,7 @@ def test_fallback_and_plain_calibration_keep_separate_range_caches(fp32: Path, d
         fp32,
         tmp_path / "fb.onnx",
         noisy,
-        noisy,
-        clean,
+        [EvalImages("all", noisy, clean)],
         target="cpu",
         max_psnr_drift_db=100.0,
         max_acc_drop_pt=100.0,

@@ -36,7 +36,7 @@ ROW_KEYS = {
     "fidelity_psnr_db",
     "max_abs_error",
     "accuracy",
-    "accuracy_drop_pt",
+    "accuracy_change_pt",
     "agreement",
     "budget",
     "passed",
@@ -109,7 +109,7 @@ def test_every_field_for_every_precision(result, artifacts: dict[str, Path]) -> 
     assert result.artifacts[0].reference and result.artifacts[0].backend == "torch"
     assert result.dataset["images"] == 18 and result.dataset["labels"]  # 15 % of the 120 digits, held out
     ref = {r.sigma: r for r in result.rows if r.reference}
-    assert all(r.psnr_drift_db == 0.0 and r.accuracy_drop_pt == 0.0 and r.agreement == 1.0 for r in ref.values())
+    assert all(r.psnr_drift_db == 0.0 and r.accuracy_change_pt == 0.0 and r.agreement == 1.0 for r in ref.values())
     assert ref[50.0].psnr_db < ref[15.0].psnr_db  # stronger noise, worse result: real images were denoised
     for row in result.rows:
         d = row.to_dict()
@@ -119,9 +119,10 @@ def test_every_field_for_every_precision(result, artifacts: dict[str, Path]) -> 
         assert row.noisy_psnr_db == pytest.approx(ref[row.sigma].noisy_psnr_db)  # every engine saw the same input
         assert -1.0 <= row.ssim <= 1.0
         if not row.reference:
-            # drift is exactly PSNR minus the reference's at the same sigma, drop likewise in points
+            # drift is exactly PSNR minus the reference's at the same sigma, accuracy change likewise in
+            # points: both negative when worse
             assert row.psnr_drift_db == pytest.approx(row.psnr_db - ref[row.sigma].psnr_db, abs=1e-12)
-            assert row.accuracy_drop_pt == pytest.approx(100 * (ref[row.sigma].accuracy - row.accuracy))
+            assert row.accuracy_change_pt == pytest.approx(100 * (row.accuracy - ref[row.sigma].accuracy))
             assert row.budget == DEFAULT_BUDGETS[row.precision]
             assert math.isfinite(row.fidelity_psnr_db) or row.max_abs_error == 0.0
     fp32 = [r for r in result.rows if r.artifact == str(artifacts["fp32"])]
@@ -139,7 +140,7 @@ def test_reports_and_json_schema(result, tmp_path: Path) -> None:
     written = write_reports(result, tmp_path / "report")
     assert {p.name for p in written.values()} == {"validation.json", "report.md", "crops.png", "drift.png"}
     doc = json.loads((tmp_path / "report" / "validation.json").read_text())
-    assert doc["schema"] == SCHEMA and doc["schema_version"] == 1
+    assert doc["schema"] == SCHEMA and doc["schema_version"] == 2
     assert {"checkpoint", "dataset", "rows", "budgets", "passed", "artifacts"} <= set(doc)
     assert doc["passed"] is result.passed
     assert doc["budgets"]["int8"] == {"max_psnr_drift_db": 0.3, "max_acc_drop_pt": 1.0}
@@ -182,6 +183,11 @@ def test_cli_broken_artifact_fails_budget(tiny_checkpoint: Path, artifacts: dict
     assert res.exit_code == 3, res.output
     assert "FAIL" in res.output and "broken.fp32.onnx" in res.output
     doc = json.loads(out.read_text())
+    # The error line prints the worst drift and accuracy change with the JSON's sign (negative = worse).
+    rows = [r for r in doc["rows"] if Path(r["artifact"]).name == "broken.fp32.onnx"]
+    worst_drift = min(r["psnr_drift_db"] for r in rows)
+    assert worst_drift < 0 and f"worst drift {worst_drift:+.4f} dB" in " ".join(res.output.split())
+    assert "(budget -0.01 dB / -0 pt)" in " ".join(res.output.split())
     verdict = {Path(a["artifact"]).name: a["passed"] for a in doc["artifacts"]}
     assert verdict == {"tiny": True, "tiny.fp32.onnx": True, "broken.fp32.onnx": False}
     assert doc["passed"] is False
@@ -254,9 +260,9 @@ def test_denoise_only_on_photos(tmp_path: Path) -> None:
     assert res.dataset["name"] == "photos" and res.dataset["image_shape"] == [1, 128, 128]
     assert res.passed
     for row in res.rows:
-        assert math.isnan(row.accuracy) and math.isnan(row.agreement) and math.isnan(row.accuracy_drop_pt)
+        assert math.isnan(row.accuracy) and math.isnan(row.agreement) and math.isnan(row.accuracy_change_pt)
         d = row.to_dict()
-        assert d["accuracy"] is None and d["accuracy_drop_pt"] is None and d["agreement"] is None
+        assert d["accuracy"] is None and d["accuracy_change_pt"] is None and d["agreement"] is None
     written = write_reports(res, tmp_path / "rep")
     with Image.open(written["crops"]) as im:
         assert im.format == "PNG"
