@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from .qdq import Target
-from .ranges import DEFAULT_PERCENTILE
+from .ranges import DEFAULT_PERCENTILE, CalibrationSet
 from .sensitivity import (
     DEFAULT_METHOD,
     CalibrationReport,
@@ -136,6 +136,7 @@ def make_int8(
     most sensitive nodes stay float until it holds at every noise level of the budget.
     """
     noisy, clean, labels = data.calibration_arrays(calibration_images, sigma)
+    images = CalibrationSet(noisy, clean, labels, batch_size=batch_size, name=data.source)
     common = {
         "target": target,
         "percentile": percentile,
@@ -146,11 +147,11 @@ def make_int8(
         "progress": progress,
     }
     if budget is None:
-        return calibrate(fp32_onnx, out_path, noisy, clean, calib_labels=labels, method=method, **common)
+        return calibrate(fp32_onnx, out_path, images, method=method, **common)
     return fallback_to_budget(
         fp32_onnx,
         out_path,
-        noisy,
+        images,
         data.budget_images(budget.sigmas),
         method=DEFAULT_METHOD if method == "auto" else method,
         max_psnr_drift_db=budget.max_psnr_drift_db,

@@ -109,6 +109,7 @@ def quantize_int8(
         weights="int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
         calibration={
             "method": meta,
+            "data": getattr(ranges, "data_name", None),
             "percentile": getattr(ranges, "percentile", None),
             "set_size": getattr(ranges, "set_size", None),
             "data_sha256": getattr(ranges, "data_sha256", None),

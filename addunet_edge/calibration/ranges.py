@@ -297,8 +297,10 @@ class Ranges(dict[str, tuple[float, float]]):
         model_sha256: str,
         from_cache: bool = False,
         messages: Sequence[str] = (),
+        data_name: str = "",
     ) -> None:
         super().__init__(ranges)
+        self.data_name = data_name  # which images: the dataset a calibration set was drawn from
         self.method = method
         self.percentile = percentile
         self.set_size = set_size
@@ -500,6 +502,7 @@ def collect_ranges(
         "set_size": len(calib),
         "data_sha256": data_sha,
         "model_sha256": model_sha,
+        "data_name": calib.name,
     }
     if cache is not None:
         cache = Path(cache)

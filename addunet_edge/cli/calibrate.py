@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
 
         folder = source if source.is_dir() else source.parent
         out = out or onnx_path_for(folder, artifact_name(source), "int8", target)
+        data = DataSpec.of(source, dataset)  # before anything is written: a missing record is refused first
         with output_lock(out.parent):
             onnx_path = source
             if source.is_dir():
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
             report = make_int8(
                 onnx_path,
                 out,
-                DataSpec.of(source, dataset),
+                data,
                 target=target,  # type: ignore[arg-type]
                 method=method,
                 percentile=percentile,

@@ -359,3 +359,46 @@ def test_fallback_and_plain_calibration_keep_separate_range_caches(fp32: Path, d
     files = sorted(p.name for p in cache.glob("*.json"))
     # Different calibration sets (all images vs a held-out split): two files, neither replacing the other.
     assert len(files) == 2 and all(".ranges-percentile-" in f for f in files)
+
+
+def _untrained_checkpoint(folder: Path, data: dict | None) -> Path:
+    from addunet_edge.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=2, num_classes=0)).eval()
+    sections = {} if data is None else {"data": data}
+    return save_checkpoint(folder, model, **sections)
+
+
+def test_calibrate_reads_the_data_the_checkpoint_was_trained_on(tmp_path: Path, caplog) -> None:
+    """A photos checkpoint is calibrated on photos (64x64 patches), not on the 32x32 digits."""
+    from typer.testing import CliRunner
+
+    from addunet_edge.calibration.int8 import DataSpec
+    from addunet_edge.cli import app
+
+    ckpt = _untrained_checkpoint(tmp_path / "photos-model", {"dataset": "photos", "source": "photos", "seed": 0})
+    spec = DataSpec.of(ckpt)
+    assert spec.source == "photos" and spec.in_channels == 1
+    noisy, _, _ = spec.calibration_arrays(8)
+    assert noisy.shape == (8, 1, 64, 64)
+    res = CliRunner().invoke(
+        app, ["calibrate", str(ckpt), "--target", "cpu", "--calibration-images", "8", "--out", str(tmp_path / "q.onnx")]
+    )
+    assert res.exit_code == 0, res.output
+    assert read_manifest(tmp_path / "q.onnx", required=True)["calibration"]["data"] == "photos"
+    # Other data than the training data is the user's explicit choice, and it is said out loud.
+    with caplog.at_level("WARNING", logger="addunet_edge.calibration"):
+        assert DataSpec.of(ckpt, "digits").source == "digits"
+    assert "trained on photos" in caplog.text
+
+
+def test_calibrate_without_a_data_record_needs_dataset(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from addunet_edge.cli import app
+
+    ckpt = _untrained_checkpoint(tmp_path / "bare", None)
+    res = CliRunner().invoke(app, ["calibrate", str(ckpt), "--out", str(tmp_path / "q.onnx")])
+    assert res.exit_code == 2 and "--dataset" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]  # nothing exported, nothing written
