@@ -10,7 +10,8 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,85 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             lock_file.unlink()
         os.close(fd)
+
+
+# -- provenance: which checkpoint an artifact was made from ----------------------------------------------
+
+_MAX_LINEAGE = 6  # int8 -> fp32 onnx -> checkpoint is 2 hops; plans add one; room for what comes later
+
+
+@dataclass
+class Provenance:
+    """What an artifact was made from, as its chain of manifests says."""
+
+    model: dict[str, Any] | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
+    weights_sha256: str | None = None
+    checkpoint: Path | None = None  # the checkpoint folder the fp32 ONNX was exported from, where it still is
+    chain: list[str] = field(default_factory=list)
+    broken: str | None = None  # why the chain back to a checkpoint could not be followed
+
+
+def trace_provenance(
+    artifact: str | Path, manifest: Mapping[str, Any] | None = None, *, verify: bool = True
+) -> Provenance:
+    """Follow manifests back to the exported ONNX (int8 / fp16 / plan -> fp32 ONNX -> checkpoint): the one
+    walker of an artifact's lineage (validate checks it against the checkpoint, bench finds its baseline).
+
+    fp16 and int8 manifests name the ONNX they were made from (a file beside them) and its sha256; the
+    exported fp32 ONNX's manifest carries the model config, the checkpoint's folder and its weights hash.
+    `manifest` is the artifact's own, when the caller has read it already. With `verify`, every file on the
+    way must match its manifest's hash; bench only looks for a baseline and reads without checking.
+    """
+    prov = Provenance()
+    path = Path(artifact)
+    m = manifest if manifest is not None else read_manifest(path, verify_hash=verify) if path.is_file() else None
+    for _ in range(_MAX_LINEAGE):
+        if m is None:
+            prov.broken = prov.broken or f"{path.name} has no manifest"
+            return prov
+        prov.chain.append(path.name)
+        if prov.in_channels is None:
+            c = m.get("in_channels", m.get("channels"))
+            prov.in_channels = int(c) if isinstance(c, int) else None
+        if prov.num_classes is None and isinstance(m.get("num_classes"), int):
+            prov.num_classes = int(m["num_classes"])
+        source = m.get("source")
+        if isinstance(m.get("model"), dict):
+            prov.model = dict(m["model"])
+            if isinstance(source, dict):
+                prov.weights_sha256 = source.get("weights_sha256")
+                if source.get("checkpoint"):
+                    prov.checkpoint = _resolve_checkpoint(str(source["checkpoint"]), path.parent)
+            return prov
+        if not isinstance(source, str):
+            prov.broken = f"{path.name}'s manifest names no source"
+            return prov
+        parent = path.parent / source
+        if not parent.is_file():
+            prov.broken = f"{source} (which {path.name} was made from) is not beside it"
+            return prov
+        expected = m.get("source_sha256")
+        if verify and isinstance(expected, str) and sha256_file(parent) != expected:
+            prov.broken = f"{parent} changed after {path.name} was made from it"
+            return prov
+        try:
+            m = read_manifest(parent, verify_hash=verify)
+        except ArtifactError as e:
+            prov.broken = str(e)
+            return prov
+        path = parent
+    prov.broken = f"the manifest chain of {Path(artifact).name} is longer than {_MAX_LINEAGE} files"
+    return prov
+
+
+def _resolve_checkpoint(text: str, beside: Path) -> Path | None:
+    """The checkpoint folder a manifest names: as written, relative to the artifact, or beside it by name."""
+    from .checkpoint import is_checkpoint
+
+    raw = Path(text)
+    for candidate in (raw, beside / raw, beside / raw.name):
+        if is_checkpoint(candidate):
+            return candidate
+    return None

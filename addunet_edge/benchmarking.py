@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_write_json, atomic_write_text, package_versions, read_manifest
+from .artifacts import atomic_write_json, atomic_write_text, package_versions
 from .engines import Engine, backend_for, open_engine, options_for
 from .errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
 from .plotting import pyplot, save_figure, unique_label
@@ -34,7 +34,6 @@ SCHEMA_VERSION = 1
 # round stays long enough that switching engines costs little next to the timed work.
 ROUND_ITERATIONS = 5
 # Manifests point at what an artifact was made from (plan -> int8 ONNX -> fp32 ONNX -> checkpoint).
-_MAX_LINEAGE = 6
 _TEGRASTATS_INTERVAL_MS = 100
 _POWER_WINDOW_S = 1.5
 _MIB = 1024 * 1024
@@ -326,41 +325,19 @@ def system_info(device: str, threads: int, command: str | None) -> dict[str, Any
 # --------------------------------------------------------------------------------------------------------
 # Where an artifact came from: its checkpoint (the baseline) and its model config (the MACs)
 # --------------------------------------------------------------------------------------------------------
-def _resolve_checkpoint(text: str, beside: Path) -> Path | None:
-    from .checkpoint import is_checkpoint
-
-    raw = Path(text)
-    for candidate in (raw, beside / raw, beside / raw.name):
-        if is_checkpoint(candidate):
-            return candidate
-    return None
-
-
 def lineage(artifact: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
     """(checkpoint folder, model config dict) an artifact was made from, following manifests' `source`."""
+    from .artifacts import trace_provenance
     from .checkpoint import is_checkpoint, read_checkpoint_meta
 
     path = Path(artifact)
     if path.is_dir():
         return (path, read_checkpoint_meta(path).get("model")) if is_checkpoint(path) else (None, None)
-    checkpoint: Path | None = None
-    model: dict[str, Any] | None = None
-    for _ in range(_MAX_LINEAGE):
-        manifest = read_manifest(path, verify_hash=False) if path.is_file() else None
-        if manifest is None:
-            break
-        model = model or manifest.get("model")
-        source = manifest.get("source")
-        if isinstance(source, dict) and source.get("checkpoint"):
-            checkpoint = _resolve_checkpoint(str(source["checkpoint"]), path.parent)
-            break
-        if isinstance(source, str) and source:
-            path = path.parent / source
-            continue
-        break
-    if checkpoint is not None and model is None:
-        model = read_checkpoint_meta(checkpoint).get("model")
-    return checkpoint, model
+    prov = trace_provenance(path, verify=False)
+    model = prov.model
+    if prov.checkpoint is not None and model is None:
+        model = read_checkpoint_meta(prov.checkpoint).get("model")
+    return prov.checkpoint, model
 
 
 _MAC_CACHE: dict[tuple[str, int, int], int] = {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import read_manifest, sha256_file
+from .artifacts import Provenance, trace_provenance
 from .errors import AddUNetEdgeError, ArtifactError, CheckpointError, ConfigError, DataError, ShapeError
 from .metrics import Drift, fmt_signed
 from .progress import progress_bar
@@ -26,7 +26,6 @@ DEFAULT_SIGMAS: tuple[float, ...] = (15.0, 25.0, 50.0)
 # Crops shown in crops.png: this many images, cut to at most this size around their centre.
 SAMPLE_IMAGES = 3
 SAMPLE_CROP = 96
-_MAX_CHAIN = 4  # int8 -> fp32 onnx -> checkpoint is 2 hops; plans add one
 
 
 @dataclass(frozen=True)
@@ -174,61 +173,6 @@ def _json_number(v: Any) -> Any:
 
 
 # -- provenance: does an artifact belong to the checkpoint? ----------------------------------------------
-
-
-@dataclass
-class Provenance:
-    model: dict[str, Any] | None = None
-    in_channels: int | None = None
-    num_classes: int | None = None
-    weights_sha256: str | None = None
-    chain: list[str] = field(default_factory=list)
-    broken: str | None = None  # why the chain back to a checkpoint could not be followed
-
-
-def trace_provenance(artifact: str | Path, manifest: Mapping[str, Any] | None) -> Provenance:
-    """Follow manifests back to the exported ONNX (int8 / fp16 / plan -> fp32 ONNX -> checkpoint).
-
-    fp16 and int8 manifests name the ONNX they were made from (a file beside them) and its sha256; the
-    exported fp32 ONNX's manifest carries the model config and the checkpoint's weights hash.
-    """
-    prov = Provenance()
-    path, m = Path(artifact), manifest
-    for _ in range(_MAX_CHAIN):
-        if m is None:
-            prov.broken = prov.broken or f"{path.name} has no manifest"
-            return prov
-        prov.chain.append(path.name)
-        if prov.in_channels is None:
-            c = m.get("in_channels", m.get("channels"))
-            prov.in_channels = int(c) if isinstance(c, int) else None
-        if prov.num_classes is None and isinstance(m.get("num_classes"), int):
-            prov.num_classes = int(m["num_classes"])
-        source = m.get("source")
-        if isinstance(m.get("model"), dict):
-            prov.model = dict(m["model"])
-            if isinstance(source, dict):
-                prov.weights_sha256 = source.get("weights_sha256")
-            return prov
-        if not isinstance(source, str):
-            prov.broken = f"{path.name}'s manifest names no source"
-            return prov
-        parent = path.parent / source
-        if not parent.is_file():
-            prov.broken = f"{source} (which {path.name} was made from) is not beside it"
-            return prov
-        expected = m.get("source_sha256")
-        if isinstance(expected, str) and sha256_file(parent) != expected:
-            prov.broken = f"{parent} changed after {path.name} was made from it"
-            return prov
-        try:
-            m = read_manifest(parent, verify_hash=True)
-        except ArtifactError as e:
-            prov.broken = str(e)
-            return prov
-        path = parent
-    prov.broken = f"the manifest chain of {Path(artifact).name} is longer than {_MAX_CHAIN} files"
-    return prov
 
 
 def _normalise_config(d: Mapping[str, Any]) -> dict[str, Any]:
