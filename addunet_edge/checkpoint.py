@@ -116,3 +116,28 @@ def load_checkpoint(
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, meta
+
+
+def checkpoint_info(folder: str | Path) -> dict[str, Any]:
+    """What `info` shows: config, parameter count, MACs per pixel, gates and stored metrics."""
+    from .model import count_macs, gate_values, parameter_count
+
+    model, meta = load_checkpoint(folder)
+    cfg = model.config
+    macs = count_macs(model, 64, 64)
+    metrics = meta.get("metrics", {})
+    info: dict[str, Any] = {
+        "arch": cfg.arch,
+        "config": cfg.to_dict(),
+        "parameters": parameter_count(model),
+        "macs_per_pixel": round(macs.macs_per_pixel, 1),
+        "gates (shallow→deep)": gate_values(model),
+        "dataset": meta.get("data", {}).get("dataset"),
+        "training": meta.get("training", {}),
+    }
+    for split in ("val", "test"):
+        if split in metrics:
+            info[f"{split} metrics"] = metrics[split]
+    if "train_time_s" in metrics:
+        info["train_time_s"] = metrics["train_time_s"]
+    return info

@@ -36,8 +36,8 @@ import numpy as np
 
 from . import media
 from .artifacts import atomic_write_json, atomic_write_text
-from .engines.base import INPUT_NAME, OUTPUT_NAMES, Engine, InputProfile
-from .errors import AddUNetEdgeError, ArtifactError, ConfigError, DataError, ShapeError
+from .engines.base import Engine, InputProfile
+from .errors import AddUNetEdgeError, ConfigError, DataError, ShapeError
 
 BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DEFAULT_OVERLAP = 32
@@ -661,79 +661,3 @@ def _reason(e: BaseException) -> str:
 def _side_by_side(frame: np.ndarray, denoised: np.ndarray) -> np.ndarray:
     """input | denoised, in the input's dtype and channel layout."""
     return np.concatenate([frame, denoised.astype(frame.dtype, copy=False)], axis=1)
-
-
-# -- DeepStream ---------------------------------------------------------------------------------------------
-_NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
-
-
-def deepstream_config(
-    plan_path: str | Path,
-    *,
-    batch_size: int | None = None,
-    size_hw: tuple[int, int] | None = None,
-    gpu_id: int = 0,
-) -> str:
-    """Text of a Gst-nvinfer configuration that runs `plan_path` and attaches its raw outputs as tensor meta.
-
-    Needs the plan's manifest (written by `addunet-edge build`): precision and input profile come from it.
-    `size_hw` picks the network input size for a dynamic profile (default: its fixed or optimum size).
-    """
-    from .engines.tensorrt import input_profile_from_manifest, read_plan_manifest
-    from .engines.trt_build import PLAN_KIND
-
-    plan = Path(plan_path)
-    if plan.suffix.lower() not in (".plan", ".engine"):
-        raise ArtifactError(f"{plan} is not a TensorRT plan (.plan); build one with `addunet-edge build` first")
-    if not plan.is_file():
-        raise ArtifactError(f"{plan}: no such file")
-    manifest = read_plan_manifest(plan)
-    if manifest.get("kind") != PLAN_KIND:
-        raise ArtifactError(f"{plan}: its manifest describes a {manifest.get('kind')!r}, not a TensorRT plan")
-    precision = str(manifest.get("precision"))
-    if precision not in _NETWORK_MODE:
-        raise ArtifactError(f"{plan}: manifest precision {precision!r} is not one of {sorted(_NETWORK_MODE)}")
-    profile = input_profile_from_manifest(manifest)
-    if size_hw is None:
-        size_hw = profile.fixed_hw or profile.opt_hw or profile.max_hw
-        if size_hw is None:
-            raise ConfigError(f"{plan} has an unbounded spatial profile: pass --size HxW for nvinfer's input")
-    if batch_size is None:
-        batch_size = profile.opt_batch or profile.max_batch or profile.min_batch
-    profile.check((batch_size, profile.channels, *size_hw))  # ShapeError names what is outside the profile
-    h, w = size_hw
-    colour = 2 if profile.channels == 1 else 0
-    lines = [
-        f"# Gst-nvinfer configuration for {plan.name}, written by addunet-edge.",
-        f"# precision {precision}, input '{INPUT_NAME}' ({profile.channels}, H, W) float32 in [0, 1],",
-        f"# outputs '{OUTPUT_NAMES[0]}' (N, {profile.channels}, H, W) and '{OUTPUT_NAMES[1]}' "
-        f"(N, {manifest.get('num_classes')}).",
-        "#",
-        "# network-type=100 (other): nvinfer does no post-processing; with output-tensor-meta=1 it attaches",
-        "# NvDsInferTensorMeta to each frame's user meta (meta_type NVDSINFER_TENSOR_OUTPUT_META). Read the",
-        f"# denoised image in a pad probe: find the layer named '{OUTPUT_NAMES[0]}' in output_layers_info,",
-        "# take out_buf_ptrs_host[i] (or out_buf_ptrs_dev[i] on the GPU) as float32 (C, H, W) at the network",
-        "# size above, values in [0, 1]: multiply by 255 and resize to the frame to draw or encode it.",
-        f"# '{OUTPUT_NAMES[1]}' holds the class logits: softmax them for a confidence.",
-        "# net-scale-factor=1/255 maps the 8-bit frames DeepStream carries to the model's [0, 1] range.",
-        "",
-        "[property]",
-        f"gpu-id={gpu_id}",
-        f"model-engine-file={plan.resolve()}",
-        f"batch-size={batch_size}",
-        "# 0 = fp32, 1 = int8, 2 = fp16 (the plan is strongly typed; this only tells nvinfer what it holds)",
-        f"network-mode={_NETWORK_MODE[precision]}",
-        "network-type=100",
-        "output-tensor-meta=1",
-        "process-mode=1",
-        f"infer-dims={profile.channels};{h};{w}",
-        f"net-scale-factor={1 / 255!r}",
-        "offsets=" + ";".join(["0"] * profile.channels),
-        f"# 0 = RGB, 2 = gray; the input layer is '{INPUT_NAME}'",
-        f"model-color-format={colour}",
-        f"output-blob-names={OUTPUT_NAMES[0]};{OUTPUT_NAMES[1]}",
-        "maintain-aspect-ratio=0",
-        "gie-unique-id=1",
-        "",
-    ]
-    return "\n".join(lines)

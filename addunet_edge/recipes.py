@@ -1,4 +1,4 @@
-"""Training recipes: the measured defaults per dataset, and the read-out of a checkpoint."""
+"""Training recipes: the measured defaults per dataset, and training with them."""
 
 from __future__ import annotations
 
@@ -165,29 +165,3 @@ def train_recipe(
         device=device,
     )
     return train(mc, tc, ds, out, resume=resume, progress=progress)
-
-
-def checkpoint_info(folder: str | Path) -> dict[str, Any]:
-    """What `info` shows: config, parameter count, MACs per pixel, gates and stored metrics."""
-    from .checkpoint import load_checkpoint
-    from .model import count_macs, gate_values, parameter_count
-
-    model, meta = load_checkpoint(folder)
-    cfg = model.config
-    macs = count_macs(model, 64, 64)
-    metrics = meta.get("metrics", {})
-    info: dict[str, Any] = {
-        "arch": cfg.arch,
-        "config": cfg.to_dict(),
-        "parameters": parameter_count(model),
-        "macs_per_pixel": round(macs.macs_per_pixel, 1),
-        "gates (shallow→deep)": gate_values(model),
-        "dataset": meta.get("data", {}).get("dataset"),
-        "training": meta.get("training", {}),
-    }
-    for split in ("val", "test"):
-        if split in metrics:
-            info[f"{split} metrics"] = metrics[split]
-    if "train_time_s" in metrics:
-        info["train_time_s"] = metrics["train_time_s"]
-    return info

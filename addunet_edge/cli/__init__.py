@@ -21,13 +21,17 @@ app = typer.Typer(
 _COMMAND_MODULES: tuple[str, ...] = (
     "quickstart",
     "train",
+    "info",
+    "export",
     "build",
     "calibrate",
     "finetune",
     "validate",
     "bench",
     "compare",
+    "study",
     "run",
+    "deepstream",
     "doctor",
 )
 

@@ -11,11 +11,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from .. import media
-from ..artifacts import atomic_write_text, output_lock
+from ..artifacts import output_lock
 from ..engines import backend_for, options_for
 from ..errors import AddUNetEdgeError, ConfigError, DataError
-from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary, deepstream_config
-from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console, parse_sizes
+from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary
+from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console
 
 _RUN_HELP_PARAGRAPHS = (
     "Denoise (and classify) images, videos and camera streams with a checkpoint, .onnx or .plan.",
@@ -180,27 +180,3 @@ def register(app: typer.Typer) -> None:
                 _print_summary(runner.summary, out)
         if not runner.summary.processed:
             raise _nothing_processed(runner.failures)
-
-    @command(app, "deepstream-config")
-    def deepstream_config_cmd(
-        plan: Annotated[Path, typer.Argument(help="A TensorRT .plan built by `addunet-edge build`.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="The nvinfer configuration file to write.")],
-        batch_size: Annotated[
-            int | None, typer.Option("--batch-size", help="nvinfer batch size (default: the profile's opt).")
-        ] = None,
-        size: Annotated[
-            str | None,
-            typer.Option("--size", help="Network input HxW for nvinfer (default: the profile's opt)."),
-        ] = None,
-        gpu_id: Annotated[int, typer.Option("--gpu-id", help="GPU that nvinfer runs on.")] = 0,
-    ) -> None:
-        """Write a DeepStream Gst-nvinfer configuration for a plan (raw outputs attached as tensor meta)."""
-        size_hw = None
-        if size is not None:
-            sizes = parse_sizes(size)
-            if len(sizes) != 1:
-                raise typer.BadParameter("--size takes one HxW")
-            size_hw = sizes[0]
-        text = deepstream_config(plan, batch_size=batch_size, size_hw=size_hw, gpu_id=gpu_id)
-        atomic_write_text(out, text)
-        console.print(f"wrote {out}")

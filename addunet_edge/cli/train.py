@@ -1,13 +1,11 @@
-"""`train` and `info`: train AddUNet or the concatenative baseline, and show what a checkpoint learned."""
+"""`train`: train AddUNet or the concatenative baseline on bundled or your own data."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ._common import DatasetOpt, DeviceOpt, SeedOpt, command, console
 
@@ -94,35 +92,6 @@ def register(app: typer.Typer) -> None:
             resume=resume,
         )
         _print_summary(out, summary)
-
-    @command(app, "info")
-    def info_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    ) -> None:
-        """Config, parameters, MACs per pixel, learned gates and metrics of a checkpoint."""
-        from ..recipes import checkpoint_info
-
-        info = checkpoint_info(checkpoint)
-        if json_out:
-            console.print_json(json.dumps(info))
-            return
-        table = Table(title=f"checkpoint {checkpoint}", show_header=False)
-        table.add_column("key", style="bold")
-        table.add_column("value")
-        for key, value in info.items():
-            table.add_row(key, _fmt(value))
-        console.print(table)
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
-        return ", ".join(f"{v:.3f}" for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
 
 
 def _print_summary(out: Path, summary: dict) -> None:

@@ -69,14 +69,8 @@ def fixed_onnx(onnx_model: Path) -> Path:
 
 
 def _app() -> typer.Typer:
-    from addunet_edge.cli import bench as bench_cli
-
-    app = typer.Typer()
-    bench_cli.register(app)
-
-    @app.callback()
-    def _root() -> None:  # keeps `bench` a subcommand, as in the real app
-        pass
+    """The real app, as a user runs it."""
+    from addunet_edge.cli import app
 
     return app
 

@@ -34,14 +34,8 @@ torch = pytest.importorskip("torch")
 
 
 def _app() -> typer.Typer:
-    from addunet_edge.cli import compare as compare_cli
-
-    app = typer.Typer()
-    compare_cli.register(app)
-
-    @app.callback()
-    def _root() -> None:  # keeps the commands subcommands, as in the real app
-        pass
+    """The real app, as a user runs it."""
+    from addunet_edge.cli import app
 
     return app
 

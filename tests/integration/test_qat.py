@@ -152,17 +152,9 @@ def test_finetune_writes_checkpoint_ranges_and_int8(tiny_checkpoint: Path, tmp_p
 
 
 def test_finetune_cli_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from addunet_edge.cli.finetune import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def main() -> None:  # keeps `finetune` a subcommand, as in the real app
-        pass
+    from addunet_edge.cli import app
 
     out = tmp_path / "cli"
     args = ["finetune", str(tiny_checkpoint), "--qat", "--target", "tensorrt", "--out", str(out), "--steps", "2"]

@@ -52,14 +52,8 @@ def engine(onnx_model: Path):
 
 
 def _app() -> typer.Typer:
-    from addunet_edge.cli import run as run_cli
-
-    app = typer.Typer()
-    run_cli.register(app)
-
-    @app.callback()
-    def _root() -> None:  # keeps `run` a subcommand, as in the real app
-        pass
+    """The real app, as a user runs it."""
+    from addunet_edge.cli import app
 
     return app
 
@@ -328,7 +322,7 @@ def test_deepstream_config_from_plan_manifest(tmp_path, precision, mode):
 
 
 def test_deepstream_config_refuses_what_is_not_a_plan(tmp_path, onnx_model):
-    from addunet_edge.pipeline import deepstream_config
+    from addunet_edge.deepstream import deepstream_config
 
     with pytest.raises(ArtifactError, match="not a TensorRT plan"):
         deepstream_config(onnx_model)
@@ -338,3 +332,27 @@ def test_deepstream_config_refuses_what_is_not_a_plan(tmp_path, onnx_model):
         deepstream_config(bare)
     result = CliRunner().invoke(_app(), ["deepstream-config", str(bare), "--out", str(tmp_path / "c.txt")])
     assert result.exit_code == ArtifactError.exit_code and not (tmp_path / "c.txt").exists()
+
+
+def test_deepstream_config_runs_a_dla_plan_on_its_core_and_only_at_the_opt_size(tmp_path):
+    from addunet_edge.artifacts import read_manifest
+    from addunet_edge.deepstream import deepstream_config
+    from addunet_edge.errors import ConfigError
+
+    gpu_plan = _plan_with_manifest(tmp_path, "fp16")
+    assert "enable-dla" not in deepstream_config(gpu_plan)
+    dla_dir = tmp_path / "dla"
+    dla_dir.mkdir()
+    plan = _plan_with_manifest(dla_dir, "fp16")
+    manifest = read_manifest(plan)
+    manifest.pop("schema", None)
+    for key in ("artifact", "sha256", "size_bytes", "created_unix", "host", "versions"):
+        manifest.pop(key, None)
+    write_manifest(plan, **{**manifest, "dla_core": 1})
+    text = deepstream_config(plan)
+    keys = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    assert keys["enable-dla"] == "1" and keys["use-dla-core"] == "1"
+    # nvinfer allocates and runs at the profile's optimum: another size would silently not be used.
+    assert "infer-dims=1;256;320" in deepstream_config(plan, size_hw=(256, 320))
+    with pytest.raises(ConfigError, match="optimum input of 256x320"):
+        deepstream_config(plan, size_hw=(512, 512))

@@ -46,15 +46,9 @@ TINY = {"width": 8, "depth": 2, "num_classes": 10}  # the tiny_checkpoint's conf
 
 
 def _cli() -> typer.Typer:
-    from addunet_edge.cli.validate import register
+    """The real app, as a user runs it."""
+    from addunet_edge.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:  # a callback keeps `validate` a sub-command, as in the real app
-        pass
-
-    register(app)
     return app
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from addunet_edge._lazy import available
@@ -245,15 +244,8 @@ def test_doctor_tells_the_truth_about_tensorrt_and_the_gpu(report: dict) -> None
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_doctor_command_reports_tensorrt_missing(tmp_path: Path) -> None:
-    from addunet_edge.cli.doctor import register
+    from addunet_edge.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Keeps `doctor` a sub-command, as in the real app."""
-
-    register(app)
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["doctor", "--json", str(out)])
     assert result.exit_code == 0, result.output
