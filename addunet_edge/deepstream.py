@@ -45,13 +45,13 @@ def deepstream_config(
     if size_hw is not None and opt_hw is not None and tuple(size_hw) != tuple(opt_hw):
         raise ConfigError(
             f"{plan} was built with an optimum input of {opt_hw[0]}x{opt_hw[1]}, which is the size nvinfer "
-            f"allocates and runs: --size {size_hw[0]}x{size_hw[1]} would not be used. Rebuild the plan with "
-            f"that size as the profile's optimum (build --sizes), or leave --size out"
+            f"allocates and runs: --input-size {size_hw[0]}x{size_hw[1]} would not be used. Rebuild the plan with "
+            f"that size as the profile's optimum (build --profile-sizes), or leave --input-size out"
         )
     if size_hw is None:
         size_hw = opt_hw or profile.max_hw
         if size_hw is None:
-            raise ConfigError(f"{plan} has an unbounded spatial profile: pass --size HxW for nvinfer's input")
+            raise ConfigError(f"{plan} has an unbounded spatial profile: pass --input-size HxW for nvinfer's input")
     if batch_size is None:
         batch_size = profile.opt_batch or profile.max_batch or profile.min_batch
     profile.check((batch_size, profile.channels, *size_hw))  # ShapeError names what is outside the profile

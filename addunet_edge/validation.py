@@ -292,7 +292,7 @@ def _engine_batch(profile: Any, batch: int, n: int, shape: tuple[int, int, int],
     except ShapeError as e:
         raise ArtifactError(
             f"{artifact} cannot run the test images: {e}. Rebuild it with a profile that covers "
-            f"batch {last}..{b} at {shape[1]}x{shape[2]}, or choose another --batch / --dataset"
+            f"batch {last}..{b} at {shape[1]}x{shape[2]}, or choose another --batch-size / --dataset"
         ) from None
     return b
 

@@ -61,7 +61,7 @@ class CalibrationSet:
         if n < MIN_CALIBRATION_IMAGES:
             raise DataError(
                 f"calibration set '{name}' has {n} image(s); at least {MIN_CALIBRATION_IMAGES} are needed "
-                "for ranges that generalise (use a larger --size or another dataset)"
+                "for ranges that generalise (use a larger --calibration-images or another dataset)"
             )
         if not np.issubdtype(noisy.dtype, np.floating):
             raise DataError(f"calibration images must be float in [0, 1], got dtype {noisy.dtype}")

@@ -37,8 +37,10 @@ def register(app: typer.Typer) -> None:
                 "--baseline", help="Checkpoint folder timed as the PyTorch baseline (default: from manifests)."
             ),
         ] = None,
-        batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8.")] = "1",
-        size: Annotated[str, typer.Option("--size", help="Input sizes HxW, e.g. 256x256,512x512.")] = "256x256",
+        batches: Annotated[str, typer.Option("--batches", help="Batch sizes to time, e.g. 1,8.")] = "1",
+        sizes: Annotated[str, typer.Option("--sizes", help="Input sizes HxW to time, e.g. 256x256,512x512.")] = (
+            "256x256"
+        ),
         threads: ThreadsOpt = 0,
         warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs per engine and shape.")] = 3,
         iterations: Annotated[int, typer.Option("--iterations", help="Timed runs per engine and shape.")] = 20,
@@ -57,13 +59,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..benchmarking import bench, render_table, write_reports
 
-        batches = parse_int_list(batch, "--batch")
-        sizes = parse_sizes(size)
         result = bench(
             artifacts,
             baseline=baseline,
-            batches=batches,
-            sizes=sizes,
+            batches=parse_int_list(batches, "--batches"),
+            sizes=parse_sizes(sizes),
             threads=threads,
             warmup=warmup,
             iterations=iterations,

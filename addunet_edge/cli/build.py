@@ -33,8 +33,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="int8: keep sensitive nodes float until drift >= -this dB at sigma 15, 25 and 50."),
         ] = None,
         max_acc_drop: Annotated[float | None, typer.Option(help="int8: ... and accuracy falls <= this (pt).")] = None,
-        batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
-        sizes: Annotated[str, typer.Option(help="TensorRT profile HxW min,opt,max.")] = "64x64,256x256,1024x1024",
+        profile_batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
+        profile_sizes: Annotated[
+            str, typer.Option(help="TensorRT profile HxW min,opt,max.")
+        ] = "64x64,256x256,1024x1024",
         workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit (MiB).")] = None,
         timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache (loaded and saved).")] = None,
         opt_level: Annotated[int | None, typer.Option(help="TensorRT builder optimization level 0-5.")] = None,
@@ -51,7 +53,7 @@ def register(app: typer.Typer) -> None:
             from ..engines.trt_build import BuildProfile
 
             trt_options = {
-                "profile": BuildProfile.parse(batch, sizes),
+                "profile": BuildProfile.parse(profile_batch, profile_sizes),
                 "workspace_mib": workspace_mib,
                 "timing_cache": timing_cache,
                 "optimization_level": opt_level,

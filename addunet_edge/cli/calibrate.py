@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         calibration_images: Annotated[
             int, typer.Option(help="Number of calibration images.")
         ] = DEFAULT_CALIBRATION_IMAGES,
-        batch: Annotated[int, typer.Option(help="Calibration batch size.")] = 8,
+        batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 8,
         sigma: SigmaOpt = DEFAULT_CALIBRATION_SIGMA,
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Node to keep in float.")] = None,
         exclude_op: Annotated[list[str] | None, typer.Option("--exclude-op", help="Op type to keep in float.")] = None,
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
                 exclude_nodes=exclude or (),
                 exclude_op_types=exclude_op or (),
                 cache_dir=cache_dir if cache_dir is not None else out.parent / ".calibration-cache",
-                batch_size=batch,
+                batch_size=batch_size,
             )
             for line in report.messages:
                 err_console.print(f"[yellow]warning:[/] {line}")

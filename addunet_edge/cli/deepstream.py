@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         size: Annotated[
             str | None,
             typer.Option(
-                "--size", help="Network input HxW (only the profile's opt, which nvinfer runs; needed without one)."
+                "--input-size",
+                help="Network input HxW (only the profile's opt, which nvinfer runs; needed without one).",
             ),
         ] = None,
         gpu_id: Annotated[int, typer.Option("--gpu-id", help="GPU that nvinfer runs on.")] = 0,
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         if size is not None:
             sizes = parse_sizes(size)
             if len(sizes) != 1:
-                raise typer.BadParameter("--size takes one HxW")
+                raise typer.BadParameter("--input-size takes one HxW")
             size_hw = sizes[0]
         from ..deepstream import deepstream_config
 

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 150,
         lr: Annotated[float, typer.Option(help="Peak learning rate of the weights.")] = 2e-5,
         range_lr: Annotated[float, typer.Option(help="Learning rate of the activation ranges.")] = 5e-4,
-        batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
+        batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
         dataset: Annotated[
             str | None,
             typer.Option("--dataset", "-d", help="digits | photos | PATH; default: the checkpoint's dataset."),
@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
 
         if not qat:
             raise ConfigError("finetune needs --qat (quantization-aware fine-tuning is the only mode)")
-        cfg = QATConfig(target=target, steps=steps, lr=lr, range_lr=range_lr, batch_size=batch, sigma=sigma, seed=seed)
+        cfg = QATConfig(
+            target=target, steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size, sigma=sigma, seed=seed
+        )
         result = finetune_qat(checkpoint, out, cfg, dataset=dataset, baseline=baseline, progress=True)
         console.print(report_table(result.report))
         console.print(f"wrote {result.checkpoint} (checkpoint), {result.ranges.name}, {result.int8_onnx.name}")

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--max-acc-drop", help="Max accuracy drop (percentage points).")
         ] = None,
         limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N test images.")] = None,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size (capped by a plan's profile).")] = 64,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (capped by a plan's profile).")] = 64,
         seed: Annotated[
             int, typer.Option("--seed", help="Noise seed (the test split follows the checkpoint's recorded seed).")
         ] = 0,
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
             dataset=dataset,
             sigmas=sigmas,
             limit=limit,
-            batch=batch,
+            batch=batch_size,
             seed=seed,
             budgets=budgets,
             progress=True,

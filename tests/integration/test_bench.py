@@ -42,7 +42,7 @@ REQUIRED = (
     "gmac_s",
     "speedup_vs_torch",
 )
-FAST = ("--size", "32x32", "--warmup", "1", "--iterations", "3", "--threads", "1")
+FAST = ("--sizes", "32x32", "--warmup", "1", "--iterations", "3", "--threads", "1")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_cli_writes_every_report_with_every_field(onnx_model: Path, tmp_path: Pa
     result = _invoke(
         str(onnx_model),
         *FAST,
-        "--batch",
+        "--batches",
         "1,2",
         "--json",
         str(out["json"]),
@@ -214,15 +214,15 @@ def test_seconds_budget_runs_rounds_until_spent(onnx_model: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--batch", "0"), "batch sizes must be at least 1"),
-        (("--batch", "-2"), "batch sizes must be at least 1"),
-        (("--size", "abc"), "256x256"),
+        (("--batches", "0"), "batch sizes must be at least 1"),
+        (("--batches", "-2"), "batch sizes must be at least 1"),
+        (("--sizes", "abc"), "256x256"),
         (("--iterations", "0"), "iterations must be at least 1"),
         (("--device", "tpu"), "--device must be cpu, cuda or cuda:N"),
     ],
 )
 def test_cli_refuses_nonsense_options(onnx_model: Path, args: tuple[str, ...], message: str) -> None:
-    result = _invoke(str(onnx_model), "--size", "32x32", "--iterations", "2", *args)
+    result = _invoke(str(onnx_model), "--sizes", "32x32", "--iterations", "2", *args)
     assert result.exit_code != 0
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
@@ -235,11 +235,11 @@ def test_cli_refuses_missing_artifact(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_shape_outside_fixed_profile(fixed_onnx: Path, tiny_checkpoint: Path) -> None:
-    result = _invoke(str(fixed_onnx), "--baseline", str(tiny_checkpoint), *FAST[2:], "--size", "48x48")
+    result = _invoke(str(fixed_onnx), "--baseline", str(tiny_checkpoint), *FAST[2:], "--sizes", "48x48")
     assert result.exit_code == ShapeError.exit_code, result.output
     text = " ".join(result.output.split())
     assert "fixed32.onnx cannot be timed at batch 1, 48x48" in text and "32x32" in text
-    result = _invoke(str(fixed_onnx), "--baseline", str(tiny_checkpoint), *FAST, "--batch", "2")
+    result = _invoke(str(fixed_onnx), "--baseline", str(tiny_checkpoint), *FAST, "--batches", "2")
     assert result.exit_code == ShapeError.exit_code and "batch 2 is outside" in result.output
     # Inside the profile, the same file is timed.
     ok = _invoke(str(fixed_onnx), "--baseline", str(tiny_checkpoint), *FAST)

@@ -120,7 +120,7 @@ def test_run_skips_an_unreadable_image_beside_good_ones_and_succeeds(tmp_path: P
 def test_bench_on_a_corrupt_onnx_gives_the_decode_error_that_validate_gives(tmp_path: Path, checkpoint: Path) -> None:
     corrupt = tmp_path / "model.onnx"
     corrupt.write_bytes(np.random.default_rng(1).bytes(512))
-    bench = _invoke("bench", corrupt, "--size", "16x16", "--iterations", "1", "--threads", "1")
+    bench = _invoke("bench", corrupt, "--sizes", "16x16", "--iterations", "1", "--threads", "1")
     assert bench.exit_code == ArtifactError.exit_code == 2, bench.output
     text = _text(bench)
     assert f"{corrupt} cannot be loaded: not a readable ONNX file" in text

@@ -90,7 +90,7 @@ def _record_training_hashes() -> None:
 def _train_once(shared: Path, folder: Path) -> str:
     runs = sorted(folder.glob("run-*"), key=lambda p: int(p.name.split("-")[1]))
     current = runs[-1] if runs and not (runs[-1] / "COMPLETE").exists() else folder / f"run-{len(runs)}"
-    base = ["train", "--dataset", str(shared / "digits.npz"), "--out", str(current), "--size", "16"]
+    base = ["train", "--dataset", str(shared / "digits.npz"), "--out", str(current), "--image-size", "16"]
     base += ["--width", "4", "--depth", "1", "--epochs", "3", "--batch-size", "16", "--seed", "0"]
     note = "fresh"
     if (current / "last" / "state.json").exists():
@@ -117,7 +117,7 @@ def _op(mode: str, shared: Path, folder: Path) -> str:
         args = ["export", ckpt, "--out", str(folder / "model.fp32.onnx")]
     elif mode == "calibrate":
         args = ["calibrate", fp32, "--out", str(folder / "model.int8.onnx"), "--dataset", data]
-        args += ["--size", "16", "--image-size", "16", "--method", "minmax", "--target", "cpu"]
+        args += ["--calibration-images", "16", "--method", "minmax", "--target", "cpu"]
     elif mode == "build":
         args = ["build", fp32, "--out", str(folder), "--precision", "fp16", "--backend", "onnxruntime"]
         args += ["--dataset", data, "--calibration-images", "16"]

@@ -158,7 +158,7 @@ def test_finetune_cli_exits_zero(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "cli"
     args = ["finetune", str(tiny_checkpoint), "--qat", "--target", "tensorrt", "--out", str(out), "--steps", "2"]
-    result = CliRunner().invoke(app, [*args, "--batch", "8"])
+    result = CliRunner().invoke(app, [*args, "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "int8 (tensorrt)" in result.output
     # The default --baseline calibrated the original the plain way, for the before/after comparison.

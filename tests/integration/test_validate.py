@@ -153,7 +153,9 @@ def test_reports_and_json_schema(result, tmp_path: Path) -> None:
 
 def test_cli_passes_within_budget(tiny_checkpoint: Path, artifacts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "v.json"
-    res = _invoke(str(tiny_checkpoint), str(artifacts["fp32"]), "--sigma", "25", "--json", str(out), "--batch", "7")
+    res = _invoke(
+        str(tiny_checkpoint), str(artifacts["fp32"]), "--sigma", "25", "--json", str(out), "--batch-size", "7"
+    )
     assert res.exit_code == 0, res.output
     assert "PASS" in res.output
     doc = json.loads(out.read_text())
