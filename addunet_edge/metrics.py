@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 _EPS = 1e-12
 
@@ -48,6 +47,8 @@ def ssim_per_image(pred: np.ndarray, target: np.ndarray, data_range: float = 1.0
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     sigma, truncate = 1.5, 3.5
     pad = int(truncate * sigma + 0.5)
+
+    from scipy.ndimage import gaussian_filter  # scipy costs a quarter second to import: only when asked
 
     def filt(a: np.ndarray) -> np.ndarray:
         # Filter H and W only, per image and channel.

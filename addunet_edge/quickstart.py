@@ -56,7 +56,7 @@ def quickstart(
     import torch
 
     from .artifacts import sha256_file
-    from .build import make_precision_onnx, resolve_backend
+    from .build import DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES, make_precision_onnx, resolve_backend
     from .checkpoint import WEIGHTS
     from .recipes import train_recipe
 
@@ -108,7 +108,7 @@ def quickstart(
         console.print(Rule("3/5 build TensorRT plans"))
         from .engines.trt_build import BuildProfile, build_plan
 
-        profile = BuildProfile.parse("1,1,8", "32x32,256x256,1024x1024")
+        profile = BuildProfile.parse(DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES)
         for tag, precision in (("fp16", "fp16"), ("int8-tensorrt", "int8")):
             arts[f"plan-{precision}"] = build_plan(arts[tag], engines, precision=precision, profile=profile)
     else:

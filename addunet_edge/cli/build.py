@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..build import DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES
 from ._common import SigmaOpt, command, console, int8_budget
 
 
@@ -33,10 +34,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="int8: keep sensitive nodes float until drift >= -this dB at sigma 15, 25 and 50."),
         ] = None,
         max_acc_drop: Annotated[float | None, typer.Option(help="int8: ... and accuracy falls <= this (pt).")] = None,
-        profile_batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = "1,1,8",
-        profile_sizes: Annotated[
-            str, typer.Option(help="TensorRT profile HxW min,opt,max.")
-        ] = "64x64,256x256,1024x1024",
+        profile_batch: Annotated[str, typer.Option(help="TensorRT profile batch min,opt,max.")] = DEFAULT_PROFILE_BATCH,
+        profile_sizes: Annotated[str, typer.Option(help="TensorRT profile HxW min,opt,max.")] = DEFAULT_PROFILE_SIZES,
         workspace_mib: Annotated[int | None, typer.Option(help="TensorRT workspace limit (MiB).")] = None,
         timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache (loaded and saved).")] = None,
         opt_level: Annotated[int | None, typer.Option(help="TensorRT builder optimization level 0-5.")] = None,
