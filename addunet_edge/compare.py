@@ -314,9 +314,8 @@ def compare(
     progress: bool = True,
 ) -> CompareResult:
     """Score the checkpoint, its artifacts and the classical baselines on the same noisy photos."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .engines import open_engine
+    from .progress import progress_bar
 
     unknown = [b for b in baselines if b not in BASELINE_FUNCTIONS]
     if unknown:
@@ -379,9 +378,8 @@ def compare(
         cells: list[Cell] = []
         total = len(cleans) * len(sigmas) * (len(methods) - 1)
         warmed: set[str] = set()
-        columns = (TextColumn("[bold]compare[/] {task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), disable=not progress) as bar:
-            task = bar.add_task("", total=total)
+        with progress_bar(progress, transient=False) as bar:
+            task = bar.add_task("[bold]compare[/]", total=total)
             for image, clean in cleans.items():
                 for sigma in sigmas:
                     noisy = noisy_copy(clean, image, sigma, seed)
@@ -391,7 +389,7 @@ def compare(
                         if method.name in skipped:
                             bar.advance(task)
                             continue
-                        bar.update(task, description=f"{method.name} on {image}, sigma {sigma:g}")
+                        bar.update(task, description=f"[bold]compare[/] {method.name} on {image}, sigma {sigma:g}")
                         fn = denoisers[method.name]
                         try:
                             if method.kind != "baseline" and method.name not in warmed:

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import ArtifactError, CheckpointError, ConfigError
+from .progress import progress_bar
 
 TARGETS = ("cpu", "tensorrt")
 RANGES_FILE = "qat_ranges.json"
@@ -436,20 +437,6 @@ def _batches(clean_source: Any, batch_size: int, sigma: float, rng: np.random.Ge
             yield add_noise(c, sigma, rng), c, None if labels is None else labels[i : i + batch_size]
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]qat[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def finetune_qat(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -516,8 +503,8 @@ def _finetune(
     groups.append({"params": fq.range_parameters(), "weight_decay": 0.0, "lr_scale": cfg.range_lr / cfg.lr})
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     losses: list[float] = []
-    with _progress(progress) as bar:
-        task = bar.add_task(f"fine-tune ({cfg.target})", total=cfg.steps, status="")
+    with progress_bar(progress, status=True) as bar:
+        task = bar.add_task(f"[bold]qat[/] fine-tune ({cfg.target})", total=cfg.steps, status="")
         for step in range(cfg.steps):
             noisy, clean, labels = next(stream)
             lr = lr_at(step, cfg.steps, schedule)

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .. import media
@@ -15,6 +14,7 @@ from ..artifacts import output_lock
 from ..engines import backend_for, options_for
 from ..errors import AddUNetEdgeError, ConfigError, DataError
 from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary
+from ..progress import progress_bar
 from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console
 
 _RUN_HELP_PARAGRAPHS = (
@@ -148,22 +148,13 @@ def register(app: typer.Typer) -> None:
         options = options_for(artifact, device, threads)
         with output_lock(out), open_engine(artifact, **options) as engine:
             denoiser = FrameDenoiser(engine, tile=tile, overlap=overlap, batch_size=batch_size)
-            progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed} frames"),
-                TextColumn("{task.fields[fps]:.1f} fps"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            )
-            task = progress.add_task("denoising", total=None, fps=0.0)
+            progress = progress_bar(True, status=True, unit="frames")
+            task = progress.add_task("denoising", total=None, status="0.0 fps")
 
             def on_frame(source: str, frames: int, _total: int | None) -> None:
                 elapsed = progress.tasks[task].elapsed or 0.0
                 fps = frames / elapsed if elapsed > 0 else 0.0
-                progress.update(task, completed=frames, description=Path(source).name[-40:], fps=fps)
+                progress.update(task, completed=frames, description=Path(source).name[-40:], status=f"{fps:.1f} fps")
 
             runner = MediaRunner(
                 denoiser,
