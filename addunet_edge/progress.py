@@ -22,4 +22,6 @@ def progress_bar(enabled: bool, *, status: bool = False, unit: str | None = None
     if status:
         columns.append(TextColumn("{task.fields[status]}"))
     columns.append(TimeElapsedColumn())
-    return Progress(*columns, console=Console(stderr=True), transient=transient, disable=not enabled)
+    console = Console(stderr=True)
+    # Redirected to a file or a CI log, a live bar cannot redraw: it would only leave blank lines there.
+    return Progress(*columns, console=console, transient=transient, disable=not (enabled and console.is_terminal))
