@@ -1,4 +1,5 @@
-"""`info`: what a checkpoint is and what it learned (config, parameters, MACs, gates, metrics)."""
+"""`info`: what a checkpoint is and learned (config, parameters, MACs, gates, metrics), or what a TensorRT
+plan holds (precision and device of every layer, as read back after its build)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from ._common import command, console
 def register(app: typer.Typer) -> None:
     @command(app, "info")
     def info_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a TensorRT .plan.")],
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
-        """Config, parameters, MACs per pixel, learned gates and metrics of a checkpoint."""
+        """Config, parameters, MACs per pixel, learned gates and metrics of a checkpoint; for a plan, the
+        precision and device (GPU or DLA) of every layer."""
         from ..checkpoint import checkpoint_info
 
+        if checkpoint.suffix.lower() in (".plan", ".engine"):
+            _plan_info(checkpoint, json_out)
+            return
         info = checkpoint_info(checkpoint)
         if json_out:
             console.print_json(json.dumps(info))
@@ -41,3 +46,32 @@ def _fmt(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     return str(value)
+
+
+def _plan_info(plan: Path, json_out: bool) -> None:
+    from ..engines.plan import PlanLayers, format_summary
+    from ..engines.tensorrt import read_plan_manifest
+    from ..errors import ArtifactError
+
+    manifest = read_plan_manifest(plan)
+    if not isinstance(manifest.get("layers"), dict):
+        raise ArtifactError(
+            f"{plan}'s manifest has no layer read-back: it was built before addunet-edge read plans back"
+        )
+    layers = PlanLayers.from_dict(manifest["layers"])
+    if json_out:
+        console.print_json(json.dumps({"plan": str(plan), "precision": manifest.get("precision"), **layers.to_dict()}))
+        return
+    gpu = manifest.get("gpu") or {}
+    console.print(
+        f"{plan.name}: {manifest.get('precision')} plan, TensorRT {manifest.get('tensorrt_version')}, "
+        f"{gpu.get('name')} (sm {gpu.get('compute_capability')}); {format_summary(layers.summary())}"
+    )
+    table = Table(title="layers as the engine inspector reads them")
+    for col in ("layer", "type", "precision", "device"):
+        table.add_column(col)
+    for row in layers.table():
+        table.add_row(*row)
+    console.print(table)
+    for note in layers.notes:
+        console.print(f"[yellow]note:[/] {note}")

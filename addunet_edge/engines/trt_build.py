@@ -32,6 +32,7 @@ from ..artifacts import (
 )
 from ..errors import ArtifactError, ConfigError, DeviceError
 from .base import INPUT_NAME, OUTPUT_NAMES, InputProfile
+from .plan import PlanLayers, check_layers, format_summary, read_layers
 
 PLAN_KIND = "tensorrt-plan"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -237,6 +238,7 @@ def _validate_options(
     optimization_level: int | None,
     dla_core: int | None,
     hardware_compatible: bool,
+    profile: BuildProfile | None = None,
 ) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -251,6 +253,12 @@ def _validate_options(
             raise ConfigError("DLA runs fp16 and int8 only: build the fp16 or int8 ONNX for a DLA core")
         if hardware_compatible:
             raise ConfigError("a DLA plan cannot be hardware-compatible: drop one of the two options")
+        if profile is not None and (len(set(profile.batch)) > 1 or len(set(profile.sizes)) > 1):
+            # DLA runs static shapes only: with a dynamic profile TensorRT would put every layer on the GPU.
+            raise ConfigError(
+                f"a DLA build needs a fixed input shape (min = opt = max), got batch {profile.batch} and sizes "
+                f"{profile.sizes}: pass one value each, e.g. --profile-batch 1 --profile-sizes 256x256"
+            )
 
 
 def build_plan(
@@ -275,7 +283,7 @@ def build_plan(
     The precision is the ONNX's own (fp32, float16 compute, or Q/DQ int8): the network is strongly typed
     and no precision flag or calibrator is used. Returns the plan's path.
     """
-    _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible)
+    _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible, profile)
     trt = require("tensorrt", "Building a TensorRT plan")
     from .tensorrt import gpu_identity  # here, not at the top: tensorrt.py imports this module
 
@@ -320,6 +328,7 @@ def build_plan(
     ]
     start = time.perf_counter()
     outcome = "failed"
+    layers: PlanLayers | None = None
     try:
         serialized, io = _build(
             trt,
@@ -333,11 +342,16 @@ def build_plan(
             console,
             plan_path.name,
         )
+        layers = _read_back(trt, logger, serialized, dla_core)
         outcome = "ok"
     finally:
         seconds = time.perf_counter() - start
-        footer = f"build {outcome} in {seconds:.1f} s"
-        atomic_write_text(log_path, "\n".join([*header, *logger.lines, footer]) + "\n")
+        footer = [f"build {outcome} in {seconds:.1f} s"]
+        if layers is not None:
+            footer += [f"read back: {format_summary(layers.summary())}", *(" | ".join(r) for r in layers.table())]
+        atomic_write_text(log_path, "\n".join([*header, *logger.lines, *footer]) + "\n")
+    # What the plan holds must be what was asked for; a refused plan is not written (its log is).
+    check_layers(layers, precision, label=f"{plan_path.name} (see {log_path})")
 
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(memoryview(serialized))
@@ -358,8 +372,20 @@ def build_plan(
         options=options,
         build_seconds=round(seconds, 2),
         build_log=str(log_path),
+        layers=layers.to_dict(),
     )
     return plan_path
+
+
+def _read_back(trt: Any, logger: Any, serialized: Any, dla_core: int | None) -> PlanLayers:
+    """Deserialize the new plan and ask the engine inspector what each layer computes in and where."""
+    runtime = _checked(trt.Runtime(logger), "trt.Runtime")
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine = _checked(runtime.deserialize_cuda_engine(serialized), "deserialize_cuda_engine")
+    inspector = _checked(engine.create_engine_inspector(), "create_engine_inspector")
+    engine_json = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    return read_layers(engine_json, list(logger.lines), dla_core)
 
 
 def _build(
@@ -394,6 +420,8 @@ def _build(
         )
 
     config = _checked(builder.create_builder_config(), "create_builder_config")
+    # Per-layer types in the plan, so the engine inspector can say what each layer computes in.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     opt_profile = _checked(builder.create_optimization_profile(), "create_optimization_profile")
     opt_profile.set_shape(INPUT_NAME, *profile.shapes(io["channels"]))
     if config.add_optimization_profile(opt_profile) < 0:

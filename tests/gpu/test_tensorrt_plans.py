@@ -208,3 +208,16 @@ def test_cuda_graph_replays_the_same_result(artifacts: dict[str, Any]) -> None:
             np.testing.assert_allclose(graphed(b).denoised, expected_b, atol=1e-5)
         latencies = time_inference(graphed, (2, 1, 64, 64), 5, 2, include_copies=True, use_cuda_graph=True)
     assert len(latencies) == 5 and all(0 < ms < 10_000 for ms in latencies)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_every_plan_is_read_back_layer_by_layer(artifacts: dict[str, Any], precision: str) -> None:
+    """The manifest records what each layer computes in, and it is what was asked for."""
+    from addunet_edge.artifacts import read_manifest
+    from addunet_edge.engines.plan import PlanLayers
+
+    layers = PlanLayers.from_dict(read_manifest(artifacts["plans"][precision])["layers"])
+    assert layers.layers and layers.by_device == {"gpu": len(layers.layers)}
+    assert layers.by_precision.get(precision, 0) > 0
+    if precision == "int8":  # the strongly typed int8 plan keeps the ONNX's float types outside Q/DQ
+        assert set(layers.by_precision) <= {"int8", "fp16", "fp32", "int/bool"}
