@@ -9,9 +9,9 @@ from .errors import MissingDependencyError
 
 # module -> (distribution to install, extra of addunet-edge that brings it)
 _HINTS: dict[str, tuple[str, str | None]] = {
-    "tensorrt": ("tensorrt", "tensorrt"),
-    "cuda": ("cuda-python", "tensorrt"),
-    "cuda.bindings": ("cuda-python", "tensorrt"),
+    "tensorrt": ("tensorrt-cu12", "tensorrt-cu12"),
+    "cuda": ("cuda-python", "tensorrt-cu12"),
+    "cuda.bindings": ("cuda-python", "tensorrt-cu12"),
     "pycuda": ("pycuda", None),
     "cv2": ("opencv-python-headless", "camera"),
     "modelopt": ("nvidia-modelopt", "modelopt"),
@@ -22,6 +22,12 @@ _HINTS: dict[str, tuple[str, str | None]] = {
 
 def install_hint(module: str) -> str:
     dist, extra = _HINTS.get(module, (module.split(".")[0], None))
+    if extra and extra.startswith("tensorrt-"):
+        # Which TensorRT depends on the machine: the driver's CUDA major, or JetPack's own on a Jetson.
+        return (
+            "pip install 'addunet-edge[tensorrt-cu12]' (CUDA 12 driver) or 'addunet-edge[tensorrt-cu13]' "
+            "(CUDA 13 driver); on a Jetson use JetPack's TensorRT. `addunet-edge doctor` says which fits here"
+        )
     if extra:
         return f"pip install '{dist}'  (or: pip install 'addunet-edge[{extra}]')"
     return f"pip install '{dist}'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,37 @@ def _jetson_report() -> dict[str, Any]:
     return {"is_jetson": is_jetson, "model": model, "l4t": l4t, "jetpack_major": jetpack}
 
 
+def _driver_cuda_version() -> str | None:
+    """The CUDA version the driver supports, from nvidia-smi's banner ("CUDA Version: 12.4")."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    result = subprocess.run([smi], capture_output=True, text=True, timeout=15, check=False)
+    match = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", result.stdout)
+    return match.group(1) if match else None
+
+
+def tensorrt_extra_for(jetson: dict[str, Any], driver_cuda: str | None) -> tuple[str | None, str]:
+    """(the install line for TensorRT on this machine, why): JetPack's own TensorRT on a Jetson, else the
+    tensorrt-cu12 / -cu13 extra that matches the driver's CUDA major."""
+    if jetson.get("is_jetson"):
+        jetpack = jetson.get("jetpack_major")
+        cuda = "cuda-python>=13,<14" if jetpack == "7" else "addunet-edge[jetson]"
+        return (
+            f"JetPack's TensorRT (a venv made with --system-site-packages), then pip install '{cuda}'",
+            f"a Jetson{f' on JetPack {jetpack}' if jetpack else ''}: pip's TensorRT wheels are not built for it, "
+            "and JetPack 6 is CUDA 12.6, JetPack 7 CUDA 13",
+        )
+    if driver_cuda is None:
+        return None, "no NVIDIA driver answered (nvidia-smi): TensorRT needs an NVIDIA GPU"
+    major = int(driver_cuda.split(".")[0])
+    if major >= 13:
+        return "pip install 'addunet-edge[tensorrt-cu13]'", f"the driver supports CUDA {driver_cuda}"
+    if major == 12:
+        return "pip install 'addunet-edge[tensorrt-cu12]'", f"the driver supports CUDA {driver_cuda}"
+    return None, f"the driver supports CUDA {driver_cuda}; TensorRT 10.3+ wheels need a CUDA 12 or 13 driver"
+
+
 def _bindings_report() -> dict[str, Any]:
     cuda_python = available("cuda.bindings.runtime") or available("cuda.cudart")
     return {"cuda-python": cuda_python, "pycuda": available("pycuda.driver")}
@@ -222,8 +254,11 @@ def collect_report() -> dict[str, Any]:
         "gpu": _gpu_report(torch_report),
         "jetson": _jetson_report(),
         "cuda_bindings": _bindings_report(),
+        "driver_cuda": _try(_driver_cuda_version),
         "modules": {m: available(m) for m in ("onnx", "cv2", "bm3d", "modelopt")},
     }
+    extra, why = tensorrt_extra_for(report["jetson"], report["driver_cuda"])
+    report["tensorrt_install"] = {"command": extra, "why": why}
     report["commands"] = _commands(report)
     return report
 
@@ -271,6 +306,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         env.add_row("GPU", f"{gpus} [dim](via {gpu['source']})[/]")
     else:
         env.add_row("GPU", "[red]none found[/] (torch.cuda, CUDA bindings and nvidia-smi all report none)")
+    install = report["tensorrt_install"]
+    env.add_row("TensorRT here", escape(f"{install['command'] or 'not available'} ({install['why']})"))
     console.print(env)
 
     commands = Table(title="Commands on this machine")

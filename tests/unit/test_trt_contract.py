@@ -173,7 +173,7 @@ def test_plan_file_needs_its_manifest_and_matching_bytes(tmp_path: Path) -> None
 # -- without tensorrt: one clear error, nothing written ----------------------------------------------
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here; this checks the refusal where it is not")
 def test_engine_without_tensorrt_names_it_and_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*pip install 'tensorrt'") as info:
+    with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*addunet-edge\[tensorrt-cu12\]") as info:
         TensorRTEngine(tmp_path / "model.fp16.plan")
     assert info.value.exit_code == 4
 
@@ -184,7 +184,7 @@ def test_build_without_tensorrt_names_it_and_writes_nothing(tmp_path: Path) -> N
     onnx.write_bytes(b"placeholder: never read, tensorrt is checked first")
     out = tmp_path / "plans"
     out.mkdir()
-    with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*addunet-edge\[tensorrt\]"):
+    with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*addunet-edge\[tensorrt-cu12\]"):
         build_plan(
             onnx,
             out,
@@ -267,3 +267,37 @@ def test_trt_modules_import_no_heavy_packages() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "jetson,driver,expected",
+    [
+        ({"is_jetson": True, "jetpack_major": "6"}, None, "addunet-edge[jetson]"),
+        ({"is_jetson": True, "jetpack_major": "7"}, None, "cuda-python>=13,<14"),
+        ({"is_jetson": False}, "12.4", "addunet-edge[tensorrt-cu12]"),
+        ({"is_jetson": False}, "13.0", "addunet-edge[tensorrt-cu13]"),
+        ({"is_jetson": False}, "11.8", None),
+        ({"is_jetson": False}, None, None),
+    ],
+)
+def test_doctor_names_the_tensorrt_install_that_fits_the_machine(jetson, driver, expected) -> None:
+    from addunet_edge.doctor import tensorrt_extra_for
+
+    command, why = tensorrt_extra_for(jetson, driver)
+    assert why
+    if expected is None:
+        assert command is None
+    else:
+        assert command is not None and expected in command
+        assert ("system-site-packages" in command) == jetson["is_jetson"]
+
+
+def test_the_extras_bound_tensorrt_and_cuda_python_per_platform() -> None:
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(r.startswith("tensorrt-cu12>=10.3,<") for r in extras["tensorrt-cu12"])
+    assert "cuda-python>=12.3,<13" in extras["tensorrt-cu12"] and "cuda-python>=13,<14" in extras["tensorrt-cu13"]
+    assert extras["jetson"] == ["cuda-python>=12.6,<13"]  # JetPack 6's CUDA; its TensorRT comes from JetPack
