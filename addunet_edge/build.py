@@ -8,6 +8,7 @@ from typing import Any
 
 from ._lazy import available
 from .artifacts import read_manifest
+from .benchmarking.system import has_nvidia_gpu
 from .calibration.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIGMA, Int8Budget
 from .errors import ConfigError, DeviceError, MissingDependencyError
 
@@ -41,7 +42,7 @@ def resolve_backend(backend: str) -> tuple[str, str | None]:
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     has_trt = available("tensorrt")
-    has_gpu = _has_gpu()
+    has_gpu = has_nvidia_gpu()
     if backend == "tensorrt":
         if not has_trt:
             raise MissingDependencyError(
@@ -57,17 +58,6 @@ def resolve_backend(backend: str) -> tuple[str, str | None]:
         why = "tensorrt is not installed" if not has_trt else "no NVIDIA GPU is visible"
         return "onnxruntime", f"{why}: building ONNX Runtime artifacts instead of TensorRT plans"
     return "onnxruntime", None
-
-
-def _has_gpu() -> bool:
-    if Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists():
-        return True
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
 
 
 @dataclass

@@ -503,7 +503,7 @@ def test_name_lists_cover_the_supported_versions_and_know_what_11_removed() -> N
 
 def test_binding_modules_are_found() -> None:
     found = {p.relative_to(PACKAGE).as_posix() for p in binding_modules()}
-    assert {"engines/tensorrt.py", "engines/trt_build.py", "doctor.py", "benchmarking.py"} <= found, found
+    assert {"engines/tensorrt.py", "engines/trt_build.py", "doctor.py", "benchmarking/system.py"} <= found, found
 
 
 # --------------------------------------------------------------------------------------------------------
