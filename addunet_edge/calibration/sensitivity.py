@@ -271,78 +271,34 @@ def fallback_to_budget(
     ranges = collect_ranges(
         onnx_fp32, data, method, percentile, _cache_file(cache_dir, onnx_fp32, method, data), progress=progress
     )
-    references = [run_onnx(onnx_fp32, g.noisy, batch_size) for g in evaluation]
-    base_excluded = list(exclude_nodes)
-    candidates = [n for n in quantizable_nodes(prepare_model(onnx_fp32), target) if n not in base_excluded]
-
-    def harm(s: Drift) -> float:
-        # Both budgets at once: each violation measured in units of its own budget.
-        drift = -(s.psnr_drift_db or 0.0)
-        change = -s.accuracy_change_pt if math.isfinite(s.accuracy_change_pt) else 0.0
-        return max(drift, 0.0) / max(max_psnr_drift_db, 1e-6) + max(change, 0.0) / max(max_acc_drop_pt, 1e-6)
-
-    def within(s: Drift) -> bool:
-        return not s.breaks(max_psnr_drift_db, max_acc_drop_pt)
-
+    base = list(exclude_nodes)
+    candidates = [n for n in quantizable_nodes(prepare_model(onnx_fp32), target) if n not in base]
+    budget = _Budget(max_psnr_drift_db, max_acc_drop_pt)
     with tempfile.TemporaryDirectory(prefix="addunet-fallback-") as tmp:
-
-        def trial(excluded: Sequence[str]) -> Drift:
-            path = quantize_int8(
-                onnx_fp32,
-                Path(tmp) / "trial.onnx",
-                ranges,
-                target=target,
-                exclude_nodes=excluded,
-                exclude_op_types=exclude_op_types,
-            )
-            return worst(
-                [
-                    score_outputs(ref, run_onnx(path, g.noisy, batch_size), g.clean, g.labels)
-                    for g, ref in zip(evaluation, references, strict=True)
-                ]
-            )
-
-        before = trial(base_excluded)
+        trials = _Trials(onnx_fp32, Path(tmp), ranges, target, exclude_op_types, evaluation, batch_size)
+        before = trials.score(base)
         sensitivity: dict[str, float] = {}
         float_nodes: list[str] = []
-        after, best_nodes, best = before, [], before
-        limit = 0
-        if not within(before):
-            with progress_bar(progress) as bar:
-                task = bar.add_task(f"sensitivity ({mode})", total=len(candidates))
-                for node in candidates:
-                    if mode == "leave_out":
-                        sensitivity[node] = harm(before) - harm(trial([*base_excluded, node]))
-                    else:
-                        others = [n for n in candidates if n != node]
-                        sensitivity[node] = harm(trial([*base_excluded, *others]))
-                    bar.advance(task)
+        after, met, limit = before, budget.holds(before), 0
+        if not met:
+            sensitivity = _sensitivity(trials, base, candidates, mode, before, budget, progress)
             ranked = sorted(candidates, key=lambda n: sensitivity[n], reverse=True)
             limit = max(1, math.floor(max_float_fraction * len(ranked))) if max_float_nodes is None else max_float_nodes
-            for node in ranked[:limit]:
-                float_nodes.append(node)
-                after = trial([*base_excluded, *float_nodes])
-                if harm(after) < harm(best):
-                    best, best_nodes = after, list(float_nodes)
-                if within(after):
-                    break
-        met = within(after)
-        if not met:
-            after, float_nodes = best, best_nodes
-        report = FallbackReport(
-            out_path=Path(out_path),
-            target=target,
-            met_budget=met,
-            float_nodes=float_nodes,
-            before=before,
-            after=after,
-            sensitivity=sensitivity,
-            mode=mode,
-            max_psnr_drift_db=max_psnr_drift_db,
-            max_acc_drop_pt=max_acc_drop_pt,
-            groups=[g.name for g in evaluation],
-            messages=list(ranges.messages),
-        )
+            float_nodes, after, met = _keep_float(trials, base, ranked[:limit], before, budget)
+    report = FallbackReport(
+        out_path=Path(out_path),
+        target=target,
+        met_budget=met,
+        float_nodes=float_nodes,
+        before=before,
+        after=after,
+        sensitivity=sensitivity,
+        mode=mode,
+        max_psnr_drift_db=max_psnr_drift_db,
+        max_acc_drop_pt=max_acc_drop_pt,
+        groups=[g.name for g in evaluation],
+        messages=list(ranges.messages),
+    )
     if not met and on_miss == "raise":
         raise BudgetError(
             f"int8 cannot meet the budget (drift >= -{max_psnr_drift_db:g} dB, accuracy change >= "
@@ -361,7 +317,96 @@ def fallback_to_budget(
         out_path,
         ranges,
         target=target,
-        exclude_nodes=[*base_excluded, *float_nodes],
+        exclude_nodes=[*base, *float_nodes],
         exclude_op_types=exclude_op_types,
     )
     return report
+
+
+@dataclass(frozen=True)
+class _Budget:
+    max_psnr_drift_db: float
+    max_acc_drop_pt: float
+
+    def holds(self, s: Drift) -> bool:
+        return not s.breaks(self.max_psnr_drift_db, self.max_acc_drop_pt)
+
+    def harm(self, s: Drift) -> float:
+        """Both budgets at once: each violation measured in units of its own budget (0 within both)."""
+        drift = -(s.psnr_drift_db or 0.0)
+        change = -s.accuracy_change_pt if math.isfinite(s.accuracy_change_pt) else 0.0
+        return max(drift, 0.0) / max(self.max_psnr_drift_db, 1e-6) + max(change, 0.0) / max(self.max_acc_drop_pt, 1e-6)
+
+
+class _Trials:
+    """Quantize with some nodes kept in float and score the result at every evaluation group (worst wins)."""
+
+    def __init__(
+        self,
+        onnx_fp32: str | Path,
+        folder: Path,
+        ranges: Ranges,
+        target: Target,
+        exclude_op_types: Sequence[str],
+        evaluation: Sequence[EvalImages],
+        batch_size: int,
+    ) -> None:
+        self.onnx_fp32, self.path, self.ranges, self.target = onnx_fp32, folder / "trial.onnx", ranges, target
+        self.exclude_op_types, self.evaluation, self.batch_size = exclude_op_types, evaluation, batch_size
+        self.references = [run_onnx(onnx_fp32, g.noisy, batch_size) for g in evaluation]
+
+    def score(self, excluded: Sequence[str]) -> Drift:
+        quantize_int8(
+            self.onnx_fp32,
+            self.path,
+            self.ranges,
+            target=self.target,
+            exclude_nodes=excluded,
+            exclude_op_types=self.exclude_op_types,
+        )
+        return worst(
+            [
+                score_outputs(ref, run_onnx(self.path, g.noisy, self.batch_size), g.clean, g.labels)
+                for g, ref in zip(self.evaluation, self.references, strict=True)
+            ]
+        )
+
+
+def _sensitivity(
+    trials: _Trials,
+    base: list[str],
+    candidates: list[str],
+    mode: SensitivityMode,
+    before: Drift,
+    budget: _Budget,
+    progress: bool,
+) -> dict[str, float]:
+    """node -> harm: quantized alone ('only'), or the harm saved by keeping it alone in float ('leave_out')."""
+    sensitivity: dict[str, float] = {}
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"sensitivity ({mode})", total=len(candidates))
+        for node in candidates:
+            if mode == "leave_out":
+                sensitivity[node] = budget.harm(before) - budget.harm(trials.score([*base, node]))
+            else:
+                sensitivity[node] = budget.harm(trials.score([*base, *(n for n in candidates if n != node)]))
+            bar.advance(task)
+    return sensitivity
+
+
+def _keep_float(
+    trials: _Trials, base: list[str], ranked: list[str], before: Drift, budget: _Budget
+) -> tuple[list[str], Drift, bool]:
+    """Keep nodes float in rank order until the budget holds: (float nodes, their score, met); when it never
+    holds, the least harmful set tried (none at all if no set beat plain int8)."""
+    float_nodes: list[str] = []
+    best_nodes: list[str] = []
+    best = before
+    for node in ranked:
+        float_nodes.append(node)
+        after = trials.score([*base, *float_nodes])
+        if budget.holds(after):
+            return float_nodes, after, True
+        if budget.harm(after) < budget.harm(best):
+            best, best_nodes = after, list(float_nodes)
+    return best_nodes, best, False
