@@ -233,12 +233,15 @@ def run_record(spec: RunSpec, run_dir: Path, meta: dict[str, Any], reused: bool)
     """One run's results, read from its checkpoint."""
     from .artifacts import read_json
     from .model import ModelConfig, build_model, count_macs, parameter_count
+    from .training import saved_state_dir
 
     metrics = meta.get("metrics", {})
     test = metrics.get("test", {})
     model = build_model(ModelConfig.from_dict(meta["model"]))
-    state_path = run_dir / "last" / "state.json"
-    epochs = read_json(state_path, what="resume state").get("epochs") if state_path.exists() else None
+    state_dir = saved_state_dir(run_dir)
+    epochs = None
+    if state_dir is not None:
+        epochs = read_json(state_dir / "state.json", what="resume state").get("epochs")
     return {
         "name": spec.run_name,
         "config": spec.config_name,
@@ -265,7 +268,7 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (or read back) every run, aggregate over seeds, check the claims, write JSON, Markdown, PNG."""
     from rich.console import Console
 
-    from .training import train
+    from .training import saved_state_dir, train
 
     console = Console(quiet=not progress, highlight=False)
     specs = plan_runs(config)
@@ -283,7 +286,7 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict[str, Any]:
                 console.print(f"[{i}/{len(specs)}] {spec.run_name}: finished earlier, read back")
                 records.append(run_record(spec, run_dir, meta, reused=True))
                 continue
-            resume = (run_dir / "last" / "state.json").exists()
+            resume = saved_state_dir(run_dir) is not None
             budget = f", {minutes_per_run:.2f} min" if minutes_per_run else ""
             console.print(f"[{i}/{len(specs)}] {spec.run_name}{' (resuming)' if resume else ''}{budget}")
             if spec.task not in datasets:

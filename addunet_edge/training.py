@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_write_json, output_lock, read_json
+from .artifacts import atomic_write_json, atomic_write_text, output_lock, read_json, sha256_file
 from .checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from .data import Dataset, EvalSet
 from .errors import CheckpointError, ConfigError
@@ -24,6 +24,13 @@ from .model import ModelConfig, build_model, gate_values, parameter_count
 
 LAST = "last"
 LOG = "log.jsonl"
+# last/ holds two complete training states, last/a and last/b, and last/current.json naming the newer one.
+# A save fills the slot the pointer does not name, then replaces the pointer: one atomic rename is the
+# only moment the resume state changes, so a kill at any instant leaves a complete state to resume.
+_SLOTS = ("a", "b")
+_POINTER = "current.json"
+_STATE = "state.json"
+_STATE_FILES = ("model.safetensors", "optimizer.safetensors")
 
 
 @dataclass(frozen=True)
@@ -257,8 +264,13 @@ def _train(
         epochs = state["epochs"]
         elapsed_before = state.get("elapsed_s", 0.0)
         torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
-    elif dist.main and (out_dir / LOG).exists():
-        (out_dir / LOG).unlink()  # a fresh run starts a fresh log
+        if dist.main:
+            _trim_log(out_dir / LOG, start_epoch)
+    elif dist.main:
+        # A fresh run starts a fresh log and forgets the old run's state, so a kill before its first
+        # save cannot resume the old run under the new run's log.
+        for stale in (out_dir / LOG, last_dir / _POINTER, last_dir / _STATE):
+            stale.unlink(missing_ok=True)
     ddp_model: nn.Module = model
     if dist.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(model)
@@ -407,6 +419,62 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """Keep the log records of the `epochs_done` epochs a resumed state holds, and nothing torn.
+
+    A kill after an epoch was logged but before its state was saved makes the resumed run repeat that
+    epoch, which would log it twice; a line torn by a kill would swallow the next record appended to it.
+    """
+    if not path.exists():
+        return
+    rows = [r for r in read_log(path) if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
+    rows = [r for r in rows if r["epoch"] <= epochs_done]
+    kept = "".join(json.dumps(r) + "\n" for r in rows)
+    if kept != path.read_text(encoding="utf-8"):
+        atomic_write_text(path, kept)
+
+
+def saved_state_dir(out_dir: str | Path) -> Path | None:
+    """The folder holding the training state `train(..., resume=True)` continues from, or None if none.
+
+    Only the pointer is read here; `_load_last` verifies the state's hashes.
+    """
+    current = _current_state(Path(out_dir) / LAST)
+    return current[0] if current is not None else None
+
+
+def _current_state(folder: Path) -> tuple[Path, dict[str, Any] | None] | None:
+    """(the slot the pointer of last/ names, the pointer), or (last/, None) for an older version's layout."""
+    pointer_path = folder / _POINTER
+    if pointer_path.exists():
+        try:
+            pointer = read_json(pointer_path, what="resume pointer")
+        except Exception as e:
+            raise CheckpointError(str(e)) from None
+        slot = pointer.get("slot")
+        if slot not in _SLOTS:
+            raise CheckpointError(f"{pointer_path} names slot {slot!r}, expected one of {_SLOTS}; start a new run")
+        return folder / slot, pointer
+    if (folder / _STATE).exists():
+        return folder, None  # written before the two slots existed: one state in last/ itself
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The renames inside `folder` reach the disk before the pointer that names it does (power loss, not
+    # only a kill, leaves a complete state). Not every platform can open a directory; there it is skipped.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync a directory: the kill guarantee holds regardless
+        pass
+    finally:
+        os.close(fd)
+
+
 def _save_last(
     folder: Path,
     model: nn.Module,
@@ -419,15 +487,19 @@ def _save_last(
     best: float,
     elapsed_s: float,
 ) -> None:
-    """last/: weights and optimizer tensors first, state.json (with their hashes) last, all atomic."""
-    from .artifacts import sha256_file
+    """Write the resume state into the slot of `folder` that does not hold the newest one, then point to it.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tensors(folder / "model.safetensors", model.state_dict())
+    Inside the slot: weights and optimizer tensors first, state.json (with their hashes) last, each atomic.
+    Until the pointer is replaced, --resume reads the other slot, which this save never touches.
+    """
+    current = _current_state(folder)
+    slot = folder / (_SLOTS[1] if current is not None and current[0].name == _SLOTS[0] else _SLOTS[0])
+    slot.mkdir(parents=True, exist_ok=True)
+    save_tensors(slot / "model.safetensors", model.state_dict())
     opt_tensors, opt_info = _optimizer_tensors(opt)
-    save_tensors(folder / "optimizer.safetensors", opt_tensors)
+    save_tensors(slot / "optimizer.safetensors", opt_tensors)
     atomic_write_json(
-        folder / "state.json",
+        slot / _STATE,
         {
             "model": mc.to_dict(),
             "training": tc.to_dict(),
@@ -438,46 +510,58 @@ def _save_last(
             "elapsed_s": elapsed_s,
             "optimizer": opt_info,
             "rng": _rng_state(),
-            "sha256": {
-                "model.safetensors": sha256_file(folder / "model.safetensors"),
-                "optimizer.safetensors": sha256_file(folder / "optimizer.safetensors"),
-            },
+            "sha256": {name: sha256_file(slot / name) for name in _STATE_FILES},
         },
     )
+    _fsync_dir(slot)
+    atomic_write_json(folder / _POINTER, {"slot": slot.name, "epoch": epoch, "step": step})
+    _fsync_dir(folder)
+    # The state of an older version, in last/ itself: the pointer has replaced it. Its state.json goes first,
+    # so what is left of it never reads as a complete state.
+    for name in (_STATE, *_STATE_FILES):
+        if (folder / name).exists():
+            (folder / name).unlink()
 
 
 def _load_last(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, mc: ModelConfig) -> dict[str, Any]:
-    from .artifacts import sha256_file
+    """Load the newest complete state of `folder` (last/) into `model` and `opt`; returns its state.json.
 
-    if not (folder / "state.json").exists():
-        raise CheckpointError(f"nothing to resume: {folder / 'state.json'} does not exist")
+    The pointer names the newest complete slot (it is written only once its slot is complete); the slot's
+    tensors must match the hashes in its state.json, and its epoch and step the pointer's.
+    """
+    current = _current_state(folder)
+    if current is None:
+        raise CheckpointError(f"nothing to resume: {folder} holds no saved training state")
+    state_dir, pointer = current
+    state_json = state_dir / _STATE
     try:
-        state = read_json(folder / "state.json", what="resume state")
+        state = read_json(state_json, what="resume state")
     except Exception as e:
         raise CheckpointError(str(e)) from None
     digests = state.get("sha256")
     required = ("model", "optimizer", "epoch", "epochs", "step", "best_val_loss", "rng")
-    if (
-        any(k not in state for k in required)
-        or not isinstance(digests, dict)
-        or set(digests) != {"model.safetensors", "optimizer.safetensors"}
-    ):
-        raise CheckpointError(f"{folder / 'state.json'} is incomplete or not a resume state; start a new run")
+    if any(k not in state for k in required) or not isinstance(digests, dict) or set(digests) != set(_STATE_FILES):
+        raise CheckpointError(f"{state_json} is incomplete or not a resume state; start a new run")
+    if pointer is not None and (pointer.get("epoch"), pointer.get("step")) != (state["epoch"], state["step"]):
+        raise CheckpointError(
+            f"{folder / _POINTER} names epoch {pointer.get('epoch')!r}, step {pointer.get('step')!r}, but "
+            f"{state_json} holds epoch {state['epoch']!r}, step {state['step']!r}; start a new run"
+        )
     try:
         same_model = ModelConfig.from_dict(state["model"]) == mc
     except ConfigError as e:
-        raise CheckpointError(f"{folder / 'state.json'}: {e}") from None
+        raise CheckpointError(f"{state_json}: {e}") from None
     if not same_model:
         raise CheckpointError(f"{folder} was trained with another model config; resume with the same options")
     for name, digest in digests.items():
-        if not (folder / name).exists() or sha256_file(folder / name) != digest:
+        if not (state_dir / name).exists() or sha256_file(state_dir / name) != digest:
             raise CheckpointError(
-                f"{folder / name} does not match state.json (interrupted while saving?); "
-                "the best checkpoint in the parent folder is intact, start a new run from it or retrain"
+                f"{state_dir / name} does not match state.json (the file was changed or damaged after it was "
+                "saved); the best checkpoint in the parent folder is intact, start a new run from it or retrain"
             )
     try:
-        model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=True)
-        _load_optimizer(opt, load_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+        model.load_state_dict(load_tensors(state_dir / "model.safetensors"), strict=True)
+        _load_optimizer(opt, load_tensors(state_dir / "optimizer.safetensors"), state["optimizer"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{folder} does not fit this model and optimizer ({e}); start a new run") from None
     return state

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,13 +86,28 @@ class Engine(abc.ABC):
 
     Subclasses implement `_activate`, `_infer` and `_deactivate`; the guard logic (input checks,
     dtype conversion, output checks) lives here once.
+
+    Threads: any engine may be called from several threads at once, and every call returns what it would
+    have returned alone. A backend whose `_infer` is safe to run concurrently says so with
+    `reentrant = True`, and its calls overlap (ONNX Runtime: `InferenceSession.run` is thread-safe; torch:
+    an eval-mode model under inference_mode keeps no state between calls). Any other backend's calls are
+    serialised by a per-engine lock, which is the default: a TensorRT execution context, its bound buffers
+    and its stream serve one inference at a time. Either way the engine activates once however many
+    threads call it first, and `close()` waits for the calls in flight. For parallel throughput on a
+    backend that is not reentrant, open one engine per thread.
     """
 
     backend: ClassVar[str] = "base"
+    reentrant: ClassVar[bool] = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._active = False
+        # Guards activation, closing and the count of calls in flight. Reentrant lock: a call activates
+        # the engine while it holds it, and a backend's `info` may activate again from inside a call.
+        self._state = threading.Condition(threading.RLock())
+        self._in_flight = 0
+        self._infer_lock = threading.Lock()  # one `_infer` at a time, unless the backend is reentrant
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -101,14 +118,31 @@ class Engine(abc.ABC):
         self.close()
 
     def activate(self) -> None:
-        if not self._active:
-            self._activate()
-            self._active = True
+        with self._state:
+            if not self._active:
+                self._activate()
+                self._active = True
 
     def close(self) -> None:
-        if self._active:
-            self._deactivate()
-            self._active = False
+        """Release the backend's resources once the calls in flight have returned; a later call reopens it."""
+        with self._state:
+            self._state.wait_for(lambda: self._in_flight == 0)
+            if self._active:
+                self._deactivate()
+                self._active = False
+
+    @contextlib.contextmanager
+    def _one_call(self) -> Iterator[None]:
+        """One call in flight: the engine is active when it starts and stays so until it ends."""
+        with self._state:
+            self.activate()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._state.notify_all()
 
     def __del__(self) -> None:  # best effort; never raise from a finaliser
         with contextlib.suppress(Exception):
@@ -121,7 +155,10 @@ class Engine(abc.ABC):
 
     def __call__(self, noisy: Any) -> Prediction:
         """Run one batch. `noisy`: (N, C, H, W) float32 in [0, 1] (a (C, H, W) image is promoted)."""
-        self.activate()
+        with self._one_call():
+            return self._checked_call(noisy)
+
+    def _checked_call(self, noisy: Any) -> Prediction:
         array = self._prepare(noisy)
         n, _, h, w = array.shape if isinstance(array, np.ndarray) else tuple(array.shape)
         m = self.info.profile.size_multiple
@@ -129,7 +166,11 @@ class Engine(abc.ABC):
         if (pad_h or pad_w) and isinstance(array, np.ndarray):
             # Multi-scale graphs need multiples of 2**depth: pad by edge replication, crop back below.
             array = np.pad(array, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-        denoised, logits = self._infer(array)
+        if self.reentrant:
+            denoised, logits = self._infer(array)
+        else:
+            with self._infer_lock:
+                denoised, logits = self._infer(array)
         if pad_h or pad_w:
             denoised = denoised[..., :h, :w]
         out_shape = tuple(denoised.shape)

@@ -22,6 +22,8 @@ _OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
+    # InferenceSession.run is documented thread-safe: concurrent calls share the session and its thread pool.
+    reentrant = True
 
     def __init__(
         self,

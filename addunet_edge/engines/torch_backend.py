@@ -13,6 +13,9 @@ from .base import Engine, EngineInfo, InputProfile
 
 class TorchEngine(Engine):
     backend = "torch"
+    # The model is in eval mode and run under inference_mode: no module buffer, statistic or cache changes
+    # during forward (BatchNorm uses its running stats, the gates are read, not written), so calls overlap.
+    reentrant = True
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int = 0) -> None:
         super().__init__(path)

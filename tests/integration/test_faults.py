@@ -2,8 +2,8 @@
 
 After every interruption each artifact on disk either loads and is right (its outputs equal those of an
 uninterrupted run's copy, or its weights hash is one an uninterrupted run wrote) or is refused with a
-package error; `train --resume` continues (or refuses a torn last/ clearly) and ends where an
-uninterrupted run ends.
+package error; `train --resume` always continues (last/ keeps a complete state through any kill) and
+ends where an uninterrupted run ends.
 
 Run as a script, this file is the worker: it runs CLI commands in-process on each "go" line from stdin,
 so one interpreter start serves many interruptions (Ctrl-C is caught and the worker carries on).
@@ -82,18 +82,22 @@ def _record_training_hashes() -> None:
 
     def last(path: Any, *args: Any, **kw: Any) -> None:
         real_last(path, *args, **kw)
-        note("last", Path(path) / "model.safetensors")
+        state_dir = training.saved_state_dir(Path(path).parent)
+        assert state_dir is not None
+        note("last", state_dir / "model.safetensors")
 
     training.save_checkpoint, training._save_last = save, last
 
 
 def _train_once(shared: Path, folder: Path) -> str:
+    from addunet_edge.training import saved_state_dir
+
     runs = sorted(folder.glob("run-*"), key=lambda p: int(p.name.split("-")[1]))
     current = runs[-1] if runs and not (runs[-1] / "COMPLETE").exists() else folder / f"run-{len(runs)}"
     base = ["train", "--dataset", str(shared / "digits.npz"), "--out", str(current), "--image-size", "16"]
     base += ["--width", "4", "--depth", "1", "--epochs", "3", "--batch-size", "16", "--seed", "0"]
     note = "fresh"
-    if (current / "last" / "state.json").exists():
+    if saved_state_dir(current) is not None:
         if _cli([*base, "--resume"]) == 0:
             note = "resumed"
         else:  # refused (torn last/): the run starts again from scratch, clearly
@@ -266,7 +270,7 @@ def verify(mode: str, folder: Path, ref: Reference, lock: threading.Lock) -> Cou
     from addunet_edge.errors import AddUNetEdgeError
     from addunet_edge.media import read_image
     from addunet_edge.model import ModelConfig, build_model
-    from addunet_edge.training import _load_last, _param_groups
+    from addunet_edge.training import _load_last, _param_groups, saved_state_dir
 
     outcomes: Counter[str] = Counter()
     runs = sorted(folder.glob("run-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -285,15 +289,15 @@ def verify(mode: str, folder: Path, ref: Reference, lock: threading.Lock) -> Cou
             elif path.is_dir() and (path / "config.json").exists():
                 model, _ = load_checkpoint(path)
                 right = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest() in ref.best
-            elif path.is_dir() and path.name == "last" and (path / "state.json").exists():
-                mc = ModelConfig.from_dict(read_json(path / "state.json")["model"])
+            elif path.is_dir() and path.name == "last" and (state_dir := saved_state_dir(path.parent)) is not None:
+                mc = ModelConfig.from_dict(read_json(state_dir / "state.json")["model"])
                 model = build_model(mc)
                 _load_last(path, model, torch.optim.AdamW(_param_groups(model, 1e-4)), mc)
-                right = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest() in ref.last
+                right = hashlib.sha256((state_dir / "model.safetensors").read_bytes()).hexdigest() in ref.last
             elif path.suffix in (".png", ".tif") and "report" not in rel:
                 got_img, want_path = read_image(path), ref.root / mode / rel
                 right = want_path.exists() and np.array_equal(got_img, read_image(want_path))
-            elif path.suffix == ".json" and not path.name.endswith(".manifest.json") and path.parent.name != "last":
+            elif path.suffix == ".json" and not path.name.endswith(".manifest.json") and "last" not in Path(rel).parts:
                 obj = read_json(path, what="output")
                 right = isinstance(obj, dict) and bool(obj)
                 if ".calibration-cache" in rel:
@@ -484,6 +488,8 @@ def test_interruptions_never_leave_an_artifact_that_loads_but_is_wrong(shared: P
     # Nothing lost: every training run that was killed, resumed and finished ends on the same weights
     # as the uninterrupted one.
     assert finals and set(finals) == {ref.final}, summary
+    # ...and never had to start again: whatever instant a kill hit, last/ still held a state to resume.
+    assert not [k for k in notes if "resume-refused" in k], summary
 
 
 # == a full disk ==========================================================================================

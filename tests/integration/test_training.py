@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +18,20 @@ from addunet_edge.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_check
 from addunet_edge.data import load_dataset
 from addunet_edge.errors import CheckpointError, ConfigError
 from addunet_edge.model import ModelConfig, build_model
-from addunet_edge.training import LAST, LOG, TrainConfig, read_log, train
+from addunet_edge.training import LAST, LOG, TrainConfig, read_log, saved_state_dir, train
 
 TINY = ModelConfig(width=8, depth=2, num_classes=10)
 
 
 def _tc(**kw) -> TrainConfig:
     return TrainConfig(**{"batch_size": 16, "warmup_steps": 2, **kw})
+
+
+def _state_dir(out: Path) -> Path:
+    """The slot of out/last/ that --resume reads."""
+    found = saved_state_dir(out)
+    assert found is not None, f"{out} has no resume state"
+    return found
 
 
 def test_training_writes_checkpoint_log_and_improves(tiny_checkpoint: Path) -> None:
@@ -34,7 +43,9 @@ def test_training_writes_checkpoint_log_and_improves(tiny_checkpoint: Path) -> N
     test = meta["metrics"]["test"]
     assert test["psnr_db"] > test["noisy_psnr_db"] - 10  # sane, finite
     assert meta["model"] == TINY.to_dict()
-    assert (tiny_checkpoint / LAST / "optimizer.safetensors").exists()
+    state_dir = _state_dir(tiny_checkpoint)
+    assert state_dir.parent == tiny_checkpoint / LAST
+    assert (state_dir / "optimizer.safetensors").exists()
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
@@ -55,14 +66,14 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, digits_npz: Path) -> No
     train(TINY, _tc(epochs=3), ds, tmp_path / "part", progress=False)
     # Interrupt after epoch 2: roll last/ back by retraining 2 of 3 epochs' worth of schedule.
     part = tmp_path / "part"
-    state = json.loads((part / LAST / "state.json").read_text())
+    state = json.loads((_state_dir(part) / "state.json").read_text())
     assert state["epoch"] == 2
     # Simulate the interruption: a run killed after epoch 1 leaves last/ at epoch index 1.
     killed = tmp_path / "killed"
     _train_until(ds, killed, epochs=3, stop_after=2)
     train(TINY, _tc(epochs=3), ds, killed, resume=True, progress=False)
-    full = load_tensors_of(tmp_path / "full" / LAST / "model.safetensors")
-    resumed = load_tensors_of(killed / LAST / "model.safetensors")
+    full = load_tensors_of(_state_dir(tmp_path / "full") / "model.safetensors")
+    resumed = load_tensors_of(_state_dir(killed) / "model.safetensors")
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     assert [r["epoch"] for r in read_log(killed / LOG)] == [1, 2, 3]
@@ -102,7 +113,8 @@ def _train_until(ds, out: Path, epochs: int, stop_after: int) -> None:
 def test_resume_refuses_torn_last_checkpoint(tmp_path: Path, digits_npz: Path) -> None:
     ds = load_dataset(digits_npz, size=16)
     train(TINY, _tc(epochs=1), ds, tmp_path / "r", progress=False)
-    (tmp_path / "r" / LAST / "optimizer.safetensors").write_bytes(b"torn")
+    # Damage after the save (a kill cannot do this: the slot being written is never the one resumed).
+    (_state_dir(tmp_path / "r") / "optimizer.safetensors").write_bytes(b"torn")
     with pytest.raises(CheckpointError, match=r"does not match state\.json"):
         train(TINY, _tc(epochs=2), ds, tmp_path / "r", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
@@ -210,3 +222,139 @@ def test_minutes_budget_is_replanned_from_the_time_left() -> None:
     assert plan_epochs(tc, 9, elapsed_s=1900.0, last_epoch_s=60.0) == 10
     assert plan_epochs(_tc(epochs=8, minutes=30.0), 0, elapsed_s=1.0, last_epoch_s=1.0) == 8
     assert plan_epochs(_tc(epochs=8), 3, elapsed_s=1e9, last_epoch_s=1.0) == 8
+
+
+def _resume_state_tensors(out: Path) -> dict[str, torch.Tensor]:
+    """The weights and optimizer tensors of `out`'s resume state, read through the loader (layout-agnostic)."""
+    from addunet_edge.training import _load_last, _optimizer_tensors, _param_groups
+
+    model = build_model(TINY)
+    opt = torch.optim.AdamW(_param_groups(model, 1e-4), lr=1e-3)
+    _load_last(out / LAST, model, opt, TINY)
+    return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **_optimizer_tensors(opt)[0]}
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """A dozen short trainings: on a busy 2-core machine a second thread stalls them at every OpenMP barrier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_kill_at_any_write_of_the_resume_state_still_resumes_to_the_same_weights(
+    tmp_path: Path, digits_npz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 freezes the disk as it is at that instant: copy the run folder just before every file-system
+    change the state save makes (and once after it), then resume each copy. Every copy must resume, and end
+    on the uninterrupted run's weights, log and resume state."""
+    import hashlib
+    import shutil
+
+    import addunet_edge.training as training
+
+    ds = load_dataset(digits_npz, size=16)
+    tc = _tc(epochs=3)
+    full = tmp_path / "full"
+    snapshots: list[tuple[int, str, Path]] = []  # (epoch index being saved, change about to happen, copy)
+    saving: list[int] = []
+
+    def snapshot(what: str) -> None:
+        if saving and saving[-1] > 0:  # the first save has no earlier state to fall back on
+            copy = tmp_path / f"kill-{len(snapshots):02d}"
+            shutil.copytree(full, copy)
+            snapshots.append((saving[-1], what, copy))
+
+    def watched(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def change(*args: Any, **kwargs: Any) -> Any:
+            snapshot(f"{name} {args[0]}")
+            return real(*args, **kwargs)
+
+        return change
+
+    real_save = training._save_last
+
+    def save(folder: Path, model: Any, opt: Any, mc: ModelConfig, tc_: TrainConfig, epoch: int, *rest: Any) -> None:
+        saving.append(epoch)
+        try:
+            real_save(folder, model, opt, mc, tc_, epoch, *rest)
+            snapshot("after the save")  # the save is complete; the kill lands before the loop goes on
+        finally:
+            saving.pop()
+
+    # Every change a writer makes to a file's name goes through these (atomic writes end in os.replace).
+    for name in ("replace", "rename", "unlink", "remove", "rmdir"):
+        monkeypatch.setattr(os, name, watched(name))
+    monkeypatch.setattr(training, "_save_last", save)
+    train(TINY, tc, ds, full, progress=False)
+    monkeypatch.undo()
+    assert len({epoch for epoch, _, _ in snapshots}) == 2 and len(snapshots) >= 6, snapshots
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def log_without_times(out: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "epoch_s"} for r in read_log(out / LOG)]
+
+    want_state = _resume_state_tensors(full)
+    for epoch, what, copy in snapshots:
+        where = f"killed while saving epoch {epoch + 1}, before {what}"
+        train(TINY, tc, ds, copy, resume=True, progress=False)
+        assert sha(copy / WEIGHTS) == sha(full / WEIGHTS), where
+        got_state = _resume_state_tensors(copy)
+        assert got_state.keys() == want_state.keys(), where
+        assert all(torch.equal(got_state[k], want_state[k]) for k in want_state), where
+        assert log_without_times(copy) == log_without_times(full), where
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_resume_reads_the_single_state_layout_of_older_versions_and_replaces_it(
+    tmp_path: Path, digits_npz: Path
+) -> None:
+    import shutil
+
+    ds = load_dataset(digits_npz, size=16)
+    train(TINY, _tc(epochs=2), ds, tmp_path / "full", progress=False)
+    old = tmp_path / "old"
+    train(TINY, _tc(epochs=2), ds, old, progress=False)
+    # Roll `old` back to epoch 1 as an older version left it: last/ holding state.json and both tensor files.
+    for slot in ("a", "b"):
+        state = json.loads((old / LAST / slot / "state.json").read_text())
+        if state["epoch"] == 0:
+            for f in (old / LAST / slot).iterdir():
+                f.rename(old / LAST / f.name)
+        shutil.rmtree(old / LAST / slot)
+    (old / LAST / "current.json").unlink()
+    # ...and its log killed in the middle of epoch 2's record: the record appended next must not be lost.
+    first = (old / LOG).read_text().splitlines()[0]
+    (old / LOG).write_text(first + '\n{"epoch": 2, "st')
+    train(TINY, _tc(epochs=2), ds, old, resume=True, progress=False)
+    assert (old / WEIGHTS).read_bytes() == (tmp_path / "full" / WEIGHTS).read_bytes()
+    assert sorted(p.name for p in (old / LAST).iterdir()) == ["a", "current.json"]
+    assert [r["epoch"] for r in read_log(old / LOG)] == [1, 2]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_fresh_run_killed_before_its_first_save_does_not_resume_the_old_run(
+    tmp_path: Path, digits_npz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import addunet_edge.training as training
+
+    ds = load_dataset(digits_npz, size=16)
+    out = tmp_path / "r"
+    train(TINY, _tc(epochs=1), ds, out, progress=False)
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_last", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, _tc(epochs=1, seed=1), ds, out, progress=False)
+    monkeypatch.undo()
+    assert saved_state_dir(out) is None
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(TINY, _tc(epochs=1, seed=1), ds, out, resume=True, progress=False)

@@ -326,22 +326,30 @@ def test_checkpoint_loading_with_mutated_safetensors_headers(scratch: Path) -> N
 
 
 def test_resume_state_with_random_json(scratch: Path) -> None:
-    from addunet_edge.training import TrainConfig, _load_last, _param_groups, _save_last
+    from addunet_edge.training import TrainConfig, _load_last, _param_groups, _save_last, saved_state_dir
 
     folder = scratch / "last"
     torch.manual_seed(0)
     model = build_model(SMALL)
     opt = torch.optim.AdamW(_param_groups(model, 1e-4), lr=1e-3)
     _save_last(folder, model, opt, SMALL, TrainConfig(epochs=1), 0, 1, 1, 1.0, 0.1)
-    genuine = json.loads((folder / "state.json").read_text())
+    state_dir = saved_state_dir(scratch)
+    assert state_dir is not None
+    # Both JSON files a resume reads: the slot's state.json and the pointer naming the slot.
+    files = {"state": state_dir / "state.json", "pointer": folder / "current.json"}
+    genuine = {which: json.loads(path.read_text()) for which, path in files.items()}
+
+    def fuzzed(which: str) -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
+        good = genuine[which]
+        mutated = st.tuples(st.sampled_from(sorted(good)), json_values).map(lambda kv: {**good, kv[0]: kv[1]})
+        return st.tuples(st.just(which), json_objects | mutated)
 
     @FUZZ
-    @given(
-        json_objects
-        | st.tuples(st.sampled_from(sorted(genuine)), json_values).map(lambda kv: {**genuine, kv[0]: kv[1]})
-    )
-    def check(state: dict[str, Any]) -> None:
-        (folder / "state.json").write_text(json.dumps(state))
+    @given(fuzzed("state") | fuzzed("pointer"))
+    def check(case: tuple[str, dict[str, Any]]) -> None:
+        which, obj = case
+        for name, path in files.items():
+            path.write_text(json.dumps(obj if name == which else genuine[name]))
         fresh = build_model(SMALL)
         only_package_errors(
             lambda: _load_last(folder, fresh, torch.optim.AdamW(_param_groups(fresh, 1e-4), lr=1e-3), SMALL)
