@@ -191,7 +191,19 @@ def test_train_cli_plain_is_the_papers_blocks_and_refuses_contradictions(tmp_pat
 
     from addunet_edge.cli import app
 
-    base = ["train", "--dataset", str(digits_npz), "--size", "16", "--width", "8", "--depth", "2", "--epochs", "1"]
+    base = [
+        "train",
+        "--dataset",
+        str(digits_npz),
+        "--image-size",
+        "16",
+        "--width",
+        "8",
+        "--depth",
+        "2",
+        "--epochs",
+        "1",
+    ]
     res = CliRunner().invoke(app, [*base, "--plain", "--out", str(tmp_path / "plain")])
     assert res.exit_code == 0, res.output
     model, _ = load_checkpoint(tmp_path / "plain")
