@@ -34,6 +34,7 @@ class QuickstartResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     weights_sha256: str = ""
+    test: dict[str, Any] = field(default_factory=dict)  # the training summary's test-split figures
 
 
 def quickstart(
@@ -53,45 +54,71 @@ def quickstart(
     weights, and pinning it makes the same seed give the same weights hash on any machine with that many
     cores and the same CPU kind.
     """
+    out = Path(out)
+    console = console or Console()
+    result = QuickstartResult(checkpoint=out / "model")
+    steps = (
+        ("train", lambda: _train(result, epochs, seed, threads, resume, console)),
+        ("export+quantize", lambda: _variants(result, out / "engines", console)),
+        ("plans", lambda: _plans(result, out / "engines", console)),
+        ("validate", lambda: _validate(result, out / "report", console)),
+        ("bench", lambda: _bench(result, out / "bench", threads, bench_size, bench_iterations, console)),
+    )
+    for name, step in steps:
+        start = time.perf_counter()
+        step()
+        if name != "plans":
+            result.timings_s[name] = time.perf_counter() - start
+    atomic_write_json(
+        out / "quickstart.json",
+        {
+            "checkpoint": str(result.checkpoint),
+            "seed": seed,
+            "train_threads": threads,
+            "weights_sha256": result.weights_sha256,
+            "artifacts": {k: str(v) for k, v in result.artifacts.items()},
+            "test": result.test,
+            "timings_s": result.timings_s,
+            "notes": result.notes,
+            "validation_passed": getattr(result.validation, "passed", None),
+        },
+    )
+    return result
+
+
+def _train(
+    result: QuickstartResult, epochs: int | None, seed: int, threads: int, resume: bool, console: Console
+) -> None:
     import torch
 
     from .artifacts import sha256_file
-    from .build import DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES, make_precision_onnx, resolve_backend
     from .checkpoint import WEIGHTS
     from .recipes import train_recipe
 
-    console = console or Console()
-    out = Path(out)
-    ckpt = out / "model"
-    engines = out / "engines"
-    result = QuickstartResult(checkpoint=ckpt)
-    clock = time.perf_counter
-
     console.print(Rule(f"1/5 train AddUNet on digits (denoise + classify, sigma 25, seed {seed}, {threads} threads)"))
-    t = clock()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        summary = train_recipe(dataset="digits", out=ckpt, epochs=epochs, seed=seed, resume=resume)
+        summary = train_recipe(dataset="digits", out=result.checkpoint, epochs=epochs, seed=seed, resume=resume)
     finally:
         torch.set_num_threads(torch_threads)
-    result.timings_s["train"] = clock() - t
-    result.weights_sha256 = sha256_file(ckpt / WEIGHTS)
-    test = summary["test"]
+    result.weights_sha256 = sha256_file(result.checkpoint / WEIGHTS)
+    result.test = test = summary["test"]
     console.print(
         f"test PSNR {test['psnr_db']:.2f} dB (noisy input {test['noisy_psnr_db']:.2f} dB), "
         f"accuracy {100 * test.get('accuracy', float('nan')):.1f} %; weights sha256 {result.weights_sha256[:16]}"
     )
 
+
+def _variants(result: QuickstartResult, engines: Path, console: Console) -> None:
+    from .build import BuildResult, make_precision_onnx
+
     console.print(Rule("2/5 export to ONNX and make fp16 and int8 variants"))
-    t = clock()
-    arts = result.artifacts
+    arts, ckpt = result.artifacts, result.checkpoint
     arts["fp32"] = make_precision_onnx(ckpt, engines, "fp32")
     arts["fp16"] = make_precision_onnx(ckpt, engines, "fp16")
     # cpu: unsigned activations, fast on ONNX Runtime x86. tensorrt: the symmetric flavour a TensorRT plan
     # needs, validated here for accuracy. Both keep the fewest sensitive nodes in float for INT8_BUDGET.
-    from .build import BuildResult
-
     for target in ("cpu", "tensorrt"):
         made = BuildResult(backend="onnxruntime", precision="int8")
         arts[f"int8-{target}"] = make_precision_onnx(
@@ -101,70 +128,60 @@ def quickstart(
         console.print(("" if made.calibration.met_budget else "[yellow]note:[/] ") + escape(line))
         if not made.calibration.met_budget:
             result.notes.append(line)
-    result.timings_s["export+quantize"] = clock() - t
+
+
+def _plans(result: QuickstartResult, engines: Path, console: Console) -> None:
+    from .build import DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES, resolve_backend
 
     backend, note = resolve_backend("auto")
-    if backend == "tensorrt":
-        console.print(Rule("3/5 build TensorRT plans"))
-        from .engines.trt_build import BuildProfile, build_plan
-
-        profile = BuildProfile.parse(DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES)
-        for tag, precision in (("fp16", "fp16"), ("int8-tensorrt", "int8")):
-            arts[f"plan-{precision}"] = build_plan(arts[tag], engines, precision=precision, profile=profile)
-    else:
+    if backend != "tensorrt":
         console.print(Rule("3/5 TensorRT plans: skipped"))
         console.print(f"[yellow]note:[/] {note}")
         result.notes.append(str(note))
+        return
+    from .engines.trt_build import BuildProfile, build_plan
 
-    console.print(Rule("4/5 validate every artifact against PyTorch (sigma 15, 25, 50)"))
+    console.print(Rule("3/5 build TensorRT plans"))
+    profile = BuildProfile.parse(DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES)
+    for tag, precision in (("fp16", "fp16"), ("int8-tensorrt", "int8")):
+        result.artifacts[f"plan-{precision}"] = build_plan(
+            result.artifacts[tag], engines, precision=precision, profile=profile
+        )
+
+
+def _validate(result: QuickstartResult, report_dir: Path, console: Console) -> None:
     from .reports import rich_table, write_reports
     from .validation import validate
 
-    t = clock()
-    result.validation = validate(ckpt, list(arts.values()), sigmas=(15.0, 25.0, 50.0))
-    write_reports(result.validation, out / "report")
+    console.print(Rule("4/5 validate every artifact against PyTorch (sigma 15, 25, 50)"))
+    result.validation = validate(result.checkpoint, list(result.artifacts.values()), sigmas=(15.0, 25.0, 50.0))
+    write_reports(result.validation, report_dir)
     console.print(rich_table(result.validation))
-    result.timings_s["validate"] = clock() - t
 
-    console.print(
-        Rule(f"5/5 bench at 1x1x{bench_size}x{bench_size}, {threads} threads, PyTorch eager fp32 as the baseline")
-    )
-    from .benchmarking import bench, render_table
-    from .benchmarking import write_reports as write_bench_reports
 
-    t = clock()
+def _bench(
+    result: QuickstartResult, bench_dir: Path, threads: int, size: int, iterations: int, console: Console
+) -> None:
+    from .benchmarking import bench, render_table, write_reports
+
+    console.print(Rule(f"5/5 bench at 1x1x{size}x{size}, {threads} threads, PyTorch eager fp32 as the baseline"))
+    arts = result.artifacts
     result.bench = bench(
         [arts["fp32"], arts["fp16"], arts["int8-cpu"], arts["int8-tensorrt"]],
-        baseline=ckpt,
+        baseline=result.checkpoint,
         batches=(1,),
-        sizes=((bench_size, bench_size),),
+        sizes=((size, size),),
         threads=threads,
-        iterations=bench_iterations,
+        iterations=iterations,
     )
-    write_bench_reports(
+    write_reports(
         result.bench,
-        json=out / "bench" / "bench.json",
-        csv=out / "bench" / "bench.csv",
-        markdown=out / "bench" / "bench.md",
-        plot=out / "bench" / "latency.png",
+        json=bench_dir / "bench.json",
+        csv=bench_dir / "bench.csv",
+        markdown=bench_dir / "bench.md",
+        plot=bench_dir / "latency.png",
     )
     console.print(render_table(result.bench, width=console.width))
-    result.timings_s["bench"] = clock() - t
-    atomic_write_json(
-        out / "quickstart.json",
-        {
-            "checkpoint": str(ckpt),
-            "seed": seed,
-            "train_threads": threads,
-            "weights_sha256": result.weights_sha256,
-            "artifacts": {k: str(v) for k, v in arts.items()},
-            "test": test,
-            "timings_s": result.timings_s,
-            "notes": result.notes,
-            "validation_passed": getattr(result.validation, "passed", None),
-        },
-    )
-    return result
 
 
 def render_summary(result: QuickstartResult, out: Path, console: Console) -> None:
