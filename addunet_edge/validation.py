@@ -361,7 +361,6 @@ def validate(
     from .engines import backend_for, open_engine
 
     checkpoint = Path(checkpoint)
-    paths = [Path(a) for a in artifacts]
     sigma_list = tuple(float(s) for s in sigmas)
     if not sigma_list or any(s < 0 for s in sigma_list):
         raise ConfigError(f"sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
@@ -375,108 +374,137 @@ def validate(
         else dict(DEFAULT_BUDGETS if budgets is None else budgets)
     )
     options = {k: dict(v) for k, v in (engine_options or {}).items()}
-    warnings: list[str] = []
 
     with contextlib.ExitStack() as stack:
         ref_engine = stack.enter_context(open_engine(checkpoint, **options.get("torch", {})))
-        meta = ref_engine.meta
         config = ref_engine.model.config.to_dict()
-        weights_sha = ref_engine.info.source_sha256
-        engines = []
-        # Every artifact is opened and checked against the checkpoint before anything runs.
-        for path in paths:
-            engine = stack.enter_context(open_engine(path, **options.get(backend_for(path), {})))
-            info = engine.info
-            manifest = getattr(engine, "manifest", None)
-            if info.backend == "torch":
-                prov = Provenance(
-                    model=engine.model.config.to_dict(),
-                    in_channels=info.profile.channels,
-                    num_classes=info.num_classes,
-                    weights_sha256=info.source_sha256,
-                    chain=[path.name],
-                )
-            else:
-                prov = trace_provenance(path, manifest)
-            warnings += check_compatible(
-                checkpoint, config, weights_sha, path, prov, info.profile.channels, info.num_classes
-            )
-            precision = str(info.precision)
-            if precision not in table:
-                raise ConfigError(f"no drift budget for precision {precision!r} of {path}; known: {sorted(table)}")
-            target = (manifest or {}).get("target") if isinstance(manifest, dict) else None
-            engines.append((path, engine, info, precision, target))
-        for w in warnings:
-            log.warning(w)
-
-        test, description = _load_eval_set(dataset, meta, config["in_channels"], config["num_classes"], limit)
+        engines, warnings = _open_checked(stack, checkpoint, ref_engine, [Path(a) for a in artifacts], table, options)
+        test, description = _load_eval_set(
+            dataset, ref_engine.meta, config["in_channels"], config["num_classes"], limit
+        )
         n = len(test)
-        shape = tuple(test.clean.shape[1:])
-        batches = [_engine_batch(e.info.profile, batch, n, shape, p) for p, e, *_ in engines]
-        ref_batch = min(batch, n)
-        picks = _sample_indices(test.clean)
-        sample_sigma = min(sigma_list, key=lambda s: abs(s - 25.0))
-
-        rows: list[Row] = []
-        summaries: list[ArtifactSummary] = []
-        sample_outputs: list[np.ndarray] = []
-        total = len(sigma_list) * (-(-n // ref_batch) + sum(-(-n // b) for b in batches))
+        batches = [_engine_batch(e.engine.info.profile, batch, n, tuple(test.clean.shape[1:]), e.path) for e in engines]
+        run = _Pass(test, sigma_list, seed, _sample_indices(test.clean))
+        total = len(sigma_list) * (-(-n // min(batch, n)) + sum(-(-n // b) for b in batches))
         with progress_bar(progress) as bar:
             task = bar.add_task("PyTorch reference", total=total)
-
-            def advance() -> None:
-                bar.advance(task)
-
-            refs: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-            noisy_by_sigma: dict[float, np.ndarray] = {}
-            ref_rows: list[Row] = []
-            for sigma in sigma_list:
-                noisy = test.noisy(sigma, seed)
-                noisy_by_sigma[sigma] = noisy
-                den, logits = _run(ref_engine, noisy, ref_batch, advance)
-                m, _ = _metrics(den, logits, test.clean, test.labels, None)
-                refs[sigma] = (den, logits)
-                ref_rows.append(_row(checkpoint, ref_engine.info, "fp32", None, sigma, n, noisy, test.clean, m, True))
-                if sigma == sample_sigma:
-                    sample_outputs.append(_crop(den[picks]))
-            rows += ref_rows
-            summaries.append(_summary(checkpoint, ref_engine.info, "fp32", None, None, ref_rows, reference=True))
-
-            for (path, engine, info, precision, target), b in zip(engines, batches, strict=True):
-                bar.update(task, description=f"{path.name} ({info.backend}, {precision})")
-                budget = table[precision]
-                art_rows = []
-                for sigma in sigma_list:
-                    noisy = noisy_by_sigma[sigma]
-                    den, logits = _run(engine, noisy, b, advance)
-                    m, score = _metrics(den, logits, test.clean, test.labels, refs[sigma])
-                    row = _row(path, info, precision, target, sigma, n, noisy, test.clean, m)
-                    row.budget = budget
-                    row.passed = not score.breaks(budget.max_psnr_drift_db, budget.max_acc_drop_pt)
-                    art_rows.append(row)
-                    if sigma == sample_sigma:
-                        sample_outputs.append(_crop(den[picks]))
-                engine.close()  # free its session now rather than at the end
-                rows += art_rows
-                summaries.append(_summary(path, info, precision, target, budget, art_rows))
-
-        samples = Samples(
-            sigma=sample_sigma,
-            clean=_crop(test.clean[picks]),
-            noisy=_crop(noisy_by_sigma[sample_sigma][picks]),
-            outputs=sample_outputs,
-        )
+            run.reference(checkpoint, ref_engine, min(batch, n), lambda: bar.advance(task))
+            for opened, b in zip(engines, batches, strict=True):
+                bar.update(task, description=f"{opened.path.name} ({opened.engine.info.backend}, {opened.precision})")
+                run.artifact(opened, table[opened.precision], b, lambda: bar.advance(task))
+                opened.engine.close()  # free its session now rather than at the end
     return ValidationResult(
         checkpoint=str(checkpoint),
         dataset=description,
         sigmas=sigma_list,
         seed=seed,
-        rows=rows,
-        artifacts=summaries,
+        rows=run.rows,
+        artifacts=run.summaries,
         budgets=table,
         warnings=warnings,
-        samples=samples,
+        samples=run.samples(),
     )
+
+
+@dataclass
+class _Opened:
+    path: Path
+    engine: Any
+    precision: str
+    target: str | None
+
+
+def _open_checked(
+    stack: contextlib.ExitStack,
+    checkpoint: Path,
+    ref_engine: Any,
+    paths: list[Path],
+    table: Mapping[str, Budget],
+    options: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[_Opened], list[str]]:
+    """Open every artifact and check it against the checkpoint before anything runs; returns the warnings."""
+    from .engines import backend_for, open_engine
+
+    config = ref_engine.model.config.to_dict()
+    weights_sha = ref_engine.info.source_sha256
+    opened: list[_Opened] = []
+    warnings: list[str] = []
+    for path in paths:
+        engine = stack.enter_context(open_engine(path, **options.get(backend_for(path), {})))
+        info = engine.info
+        manifest = getattr(engine, "manifest", None)
+        if info.backend == "torch":
+            prov = Provenance(
+                model=engine.model.config.to_dict(),
+                in_channels=info.profile.channels,
+                num_classes=info.num_classes,
+                weights_sha256=info.source_sha256,
+                chain=[path.name],
+            )
+        else:
+            prov = trace_provenance(path, manifest)
+        warnings += check_compatible(
+            checkpoint, config, weights_sha, path, prov, info.profile.channels, info.num_classes
+        )
+        precision = str(info.precision)
+        if precision not in table:
+            raise ConfigError(f"no drift budget for precision {precision!r} of {path}; known: {sorted(table)}")
+        target = (manifest or {}).get("target") if isinstance(manifest, dict) else None
+        opened.append(_Opened(path, engine, precision, target))
+    for w in warnings:
+        log.warning(w)
+    return opened, warnings
+
+
+class _Pass:
+    """The reference, then each artifact, on the same seeded noisy images at every sigma."""
+
+    def __init__(self, test: Any, sigmas: tuple[float, ...], seed: int, picks: np.ndarray) -> None:
+        self.test, self.sigmas, self.picks = test, sigmas, picks
+        self.noisy = {sigma: test.noisy(sigma, seed) for sigma in sigmas}
+        self.sample_sigma = min(sigmas, key=lambda s: abs(s - 25.0))
+        self.refs: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self.rows: list[Row] = []
+        self.summaries: list[ArtifactSummary] = []
+        self.sample_outputs: list[np.ndarray] = []
+
+    def reference(self, checkpoint: Path, engine: Any, batch: int, advance: Any) -> None:
+        test, rows = self.test, []
+        for sigma in self.sigmas:
+            den, logits = _run(engine, self.noisy[sigma], batch, advance)
+            m, _ = _metrics(den, logits, test.clean, test.labels, None)
+            self.refs[sigma] = (den, logits)
+            rows.append(
+                _row(checkpoint, engine.info, "fp32", None, sigma, len(test), self.noisy[sigma], test.clean, m, True)
+            )
+            if sigma == self.sample_sigma:
+                self.sample_outputs.append(_crop(den[self.picks]))
+        self.rows += rows
+        self.summaries.append(_summary(checkpoint, engine.info, "fp32", None, None, rows, reference=True))
+
+    def artifact(self, opened: _Opened, budget: Budget, batch: int, advance: Any) -> None:
+        test, info, rows = self.test, opened.engine.info, []
+        for sigma in self.sigmas:
+            den, logits = _run(opened.engine, self.noisy[sigma], batch, advance)
+            m, score = _metrics(den, logits, test.clean, test.labels, self.refs[sigma])
+            row = _row(
+                opened.path, info, opened.precision, opened.target, sigma, len(test), self.noisy[sigma], test.clean, m
+            )
+            row.budget = budget
+            row.passed = not score.breaks(budget.max_psnr_drift_db, budget.max_acc_drop_pt)
+            rows.append(row)
+            if sigma == self.sample_sigma:
+                self.sample_outputs.append(_crop(den[self.picks]))
+        self.rows += rows
+        self.summaries.append(_summary(opened.path, info, opened.precision, opened.target, budget, rows))
+
+    def samples(self) -> Samples:
+        return Samples(
+            sigma=self.sample_sigma,
+            clean=_crop(self.test.clean[self.picks]),
+            noisy=_crop(self.noisy[self.sample_sigma][self.picks]),
+            outputs=self.sample_outputs,
+        )
 
 
 def _row(
