@@ -14,14 +14,15 @@ _HINTS: dict[str, tuple[str, str | None]] = {
     "cuda.bindings": ("cuda-python", "tensorrt-cu12"),
     "pycuda": ("pycuda", None),
     "cv2": ("opencv-python-headless", "camera"),
-    "modelopt": ("nvidia-modelopt", "modelopt"),
+    "modelopt": ("nvidia-modelopt", None),  # a dependency: the tensorrt int8 target needs it
     "bm3d": ("bm3d", "baselines"),
     "onnxruntime": ("onnxruntime", None),
 }
 
 
 def install_hint(module: str) -> str:
-    dist, extra = _HINTS.get(module, (module.split(".")[0], None))
+    top = module.split(".")[0]
+    dist, extra = _HINTS.get(module, _HINTS.get(top, (top, None)))
     if extra and extra.startswith("tensorrt-"):
         # Which TensorRT depends on the machine: the driver's CUDA major, or JetPack's own on a Jetson.
         return (

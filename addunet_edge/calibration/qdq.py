@@ -1,9 +1,12 @@
-"""INT8 ONNX with explicit Q/DQ: TensorRT flavour (symmetric, its placement rules), CPU flavour (ORT)."""
+"""INT8 ONNX with explicit Q/DQ: TensorRT flavour (NVIDIA ModelOpt's placement, float16 around it), CPU flavour
+(ONNX Runtime's quantizer). Both are fed our own activation ranges."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +17,7 @@ import numpy as np
 from .._lazy import require
 from ..artifacts import atomic_path, sha256_file, write_manifest
 from ..errors import ArtifactError, ConfigError
+from .fp16 import FP16_OVERFLOW_ABS
 from .ranges import (
     INPUT_NAME,
     activation_tensors,
@@ -26,30 +30,29 @@ from .ranges import (
 
 Target = Literal["cpu", "tensorrt"]
 TARGETS: tuple[str, ...] = ("cpu", "tensorrt")
+# The dtype of what is not int8 (element-wise tails, Clip, heads, casts): a strongly typed TensorRT network
+# computes in the ONNX's own types, so float32 there would be float32 in the plan.
+HighPrecision = Literal["fp16", "fp32"]
+HIGH_PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
 
-# Weighted ops and the axis of their weight that holds output channels (per-channel scales run along it).
-WEIGHTED_OPS: dict[str, int] = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": -1}
-ELEMENTWISE_OPS = ("Add", "Sub")
-# Op types whose nodes are worth keeping in float one by one (the units of the sensitivity analysis).
-SENSITIVITY_OPS: dict[str, tuple[str, ...]] = {
-    "tensorrt": (*WEIGHTED_OPS, *ELEMENTWISE_OPS),
-    "cpu": (*WEIGHTED_OPS, "Add", "Mul", "GlobalAveragePool", "AveragePool"),
-}
-_INT8_MAX = 127.0  # symmetric int8 uses [-127, 127], as TensorRT does, so that -x quantizes like x
+# Op types whose nodes the cpu quantizer puts in int8 one by one (the units of the sensitivity analysis).
+# For tensorrt the units are read off ModelOpt's own placement (quantizable_nodes).
+_CPU_SENSITIVITY_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool")
+_INT8_MAX = 127.0  # symmetric int8 scale = amax / 127, as TensorRT's calibration caches hold it
 _MIN_AMAX = 1e-6  # an all-zero tensor still needs a positive scale
+_FP16_TINY = 2.0**-24  # the smallest positive float16
 
 
-def quantizable_nodes(model: Any, target: Target) -> list[str]:
-    """Names of the nodes that the `target` quantizer puts in int8 (what exclude_nodes may name)."""
-    outputs = {o.name for o in model.graph.output}
-    names = []
-    for node in model.graph.node:
-        if node.op_type not in SENSITIVITY_OPS[target]:
-            continue
-        if target == "tensorrt" and node.op_type in ELEMENTWISE_OPS and set(node.output) & outputs:
-            continue  # the float tail that produces a graph output stays float
-        names.append(node.name)
-    return names
+def quantizable_nodes(model: Any, target: Target, *, dla: bool = False) -> list[str]:
+    """Names of the nodes that the `target` quantizer puts in int8 (what exclude_nodes may name), in graph
+    order. For tensorrt these are the nodes that ModelOpt's placement feeds through DequantizeLinear (it
+    skips, for instance, convolutions too narrow for TensorRT's int8 kernels and classifiers under 16
+    outputs), found by running it once with placeholder ranges: the placement does not depend on them."""
+    if target == "cpu":
+        return [n.name for n in model.graph.node if n.op_type in _CPU_SENSITIVITY_OPS]
+    placeholder = {name: (-1.0, 1.0) for name in activation_tensors(model)}
+    quantized = _int8_consumers(_quantize_modelopt(model, placeholder, [], [], "fp32", dla))
+    return [n.name for n in model.graph.node if n.name in quantized]
 
 
 def quantize_int8(
@@ -61,6 +64,8 @@ def quantize_int8(
     per_channel: bool = True,
     exclude_nodes: Sequence[str] = (),
     exclude_op_types: Sequence[str] = (),
+    high_precision: HighPrecision | None = None,
+    dla: bool = False,
     manifest_extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an int8 Q/DQ model of `onnx_in` to `onnx_out` (atomically, with a manifest) using `ranges`.
@@ -69,9 +74,25 @@ def quantize_int8(
     `exclude_op_types` stay in float; `manifest_extra` adds sections to the manifest (QAT records its
     ranges there). The output is checked with onnx's full checker and run once on ONNX Runtime before
     it is written.
+
+    target 'tensorrt' is made by NVIDIA ModelOpt (`modelopt.onnx.quantization`, on the CPU) with our ranges
+    as its calibration cache: Q/DQ where TensorRT fuses them, per-channel int8 weights, opset 19 and
+    everything outside the int8 ops in `high_precision` (default fp16; 'fp32' on request). `dla` asks
+    ModelOpt for the DLA placement (Q/DQ on every tensor). target 'cpu' is ONNX Runtime's QDQ layout, whose
+    float parts are float32 (`high_precision` must then be None or 'fp32').
     """
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    precision = high_precision or ("fp16" if target == "tensorrt" else "fp32")
+    if precision not in HIGH_PRECISIONS:
+        raise ConfigError(f"high_precision must be one of {', '.join(HIGH_PRECISIONS)}; got {high_precision!r}")
+    if target == "cpu" and (precision != "fp32" or dla):
+        raise ConfigError(
+            "target cpu keeps float32 outside its int8 ops (ONNX Runtime's x86 kernels) and has no DLA: "
+            "high_precision='fp16' and dla are for target tensorrt"
+        )
+    if target == "tensorrt" and not per_channel:
+        raise ConfigError("target tensorrt quantizes weights per channel (ModelOpt, as TensorRT wants them)")
     onnx = require("onnx", "int8 quantization")
     model = prepare_model(onnx_in)
     missing = [n for n in activation_tensors(model) if n not in ranges]
@@ -83,12 +104,17 @@ def quantize_int8(
     known = {n.name for n in model.graph.node}
     unknown = [n for n in exclude_nodes if n not in known]
     if unknown:
-        sample = ", ".join(quantizable_nodes(model, target)[:12])
+        sample = ", ".join(quantizable_nodes(model, target, dla=dla)[:12])
         raise ConfigError(f"--exclude names unknown node(s) {unknown}; quantizable nodes include: {sample}")
     if target == "tensorrt":
-        qmodel = _quantize_tensorrt(model, ranges, per_channel, set(exclude_nodes), set(exclude_op_types))
+        if precision == "fp16":
+            _check_fp16_ranges(ranges)
+        qmodel = _quantize_modelopt(model, ranges, list(exclude_nodes), list(exclude_op_types), precision, dla)
+        _check_scales(qmodel, ranges)
+        tool = f"modelopt {require('modelopt', 'int8 quantization for TensorRT').__version__}"
     else:
         qmodel = _quantize_cpu(model, ranges, per_channel, list(exclude_nodes), set(exclude_op_types))
+        tool = f"onnxruntime {require('onnxruntime', 'int8 quantization').__version__}"
     strip_unused_opsets(qmodel)
     toposort(qmodel.graph)
     try:
@@ -100,13 +126,18 @@ def quantize_int8(
     with atomic_path(onnx_out) as tmp:
         onnx.save(qmodel, str(tmp))
     meta = getattr(ranges, "method", None)
+    tensorrt_only = {"dla": dla} if target == "tensorrt" else {}
     write_manifest(
         onnx_out,
         kind="onnx",
         precision="int8",
         target=target,
+        quantizer=tool,
         activations="int8 symmetric" if target == "tensorrt" else "uint8 asymmetric",
         weights="int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
+        high_precision=precision,
+        **tensorrt_only,
+        opset=max(o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")),
         calibration={
             "method": meta,
             "data": getattr(ranges, "data_name", None),
@@ -130,6 +161,161 @@ def _smoke_run(model: Any) -> None:
         session(model).run(None, {INPUT_NAME: np.full((1, channels, 32, 32), 0.5, dtype=np.float32)})
     except Exception as e:
         raise ArtifactError(f"ONNX Runtime cannot run the int8 model: {e}") from None
+
+
+# --- tensorrt: NVIDIA ModelOpt's placement, fed with our ranges ---------------------------------------
+#
+# ModelOpt (`modelopt.onnx.quantization.quantize`) places Q/DQ by TensorRT's fusion rules (conv inputs and
+# weights, the residual operand of an Add/Sub that does not fuse into the preceding conv, nothing on convs
+# narrower than TensorRT's int8 kernels), then converts every other float tensor to float16, which a
+# strongly typed TensorRT network (the only kind TensorRT 11 has) computes in as written. It replaced our own
+# placement (float32 outside the int8 ops) after an A/B on the quickstart model with the same ranges and
+# /head/Conv float (benchmarks/modelopt_ab.py, ORT CPU running the graph as written): drift -0.098 / -0.058 /
+# -0.008 dB at sigma 15 / 25 / 50 against ours' -0.118 / -0.068 / -0.010, accuracy change 0.00 pt at each
+# (ours +0.74), 21 tensors with Q/DQ instead of 30, and 25 float16 nodes where ours had 24 float32 ones.
+
+
+def _quantize_modelopt(
+    model: Any,
+    ranges: Mapping[str, tuple[float, float]],
+    exclude: list[str],
+    exclude_ops: list[str],
+    high_precision: str,
+    dla: bool,
+) -> Any:
+    onnx = require("onnx", "int8 quantization")
+    mq = require("modelopt.onnx.quantization", "int8 quantization for TensorRT")
+    channels = model_channels(model) or 1
+    with tempfile.TemporaryDirectory(prefix="addunet-modelopt-") as tmp:
+        src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.cache"
+        onnx.save(model, str(src))
+        _write_calibration_cache(cache, ranges)
+        try:
+            with _quiet_ort_advice():
+                mq.quantize(
+                    str(src),
+                    quantize_mode="int8",
+                    # ORT's calibration inside ModelOpt still runs once; every scale it finds is then
+                    # replaced from the cache, so one grey image is enough to let it run.
+                    calibration_data=np.full((1, channels, 32, 32), 0.5, dtype=np.float32),
+                    calibration_method="max",
+                    calibration_cache_path=str(cache),
+                    calibration_eps=["cpu"],
+                    # ModelOpt reads these as regular expressions matched at the start of a name.
+                    nodes_to_exclude=[f"{re.escape(n)}$" for n in exclude] or None,
+                    op_types_to_exclude=exclude_ops or None,
+                    high_precision_dtype=high_precision,
+                    # int8 weight initializers behind a DequantizeLinear (a quarter of float32's size); the
+                    # DLA placement also quantizes constants of Mul nodes, which ModelOpt cannot pre-quantize.
+                    dq_only=not dla,
+                    target_dla=dla,
+                    output_path=str(dst),
+                    log_level="CRITICAL",  # its INFO lines go to stdout, and a CPU machine gets an NVML error
+                )
+        except Exception as e:
+            raise ArtifactError(f"ModelOpt's int8 quantizer failed: {type(e).__name__}: {e}") from None
+        if not dst.is_file():
+            raise ArtifactError("ModelOpt's int8 quantizer wrote no model")
+        qmodel = onnx.load(str(dst))
+    _float_inputs_for(qmodel, set(exclude), set(exclude_ops))
+    return qmodel
+
+
+def _float_inputs_for(model: Any, names: set[str], op_types: set[str]) -> None:
+    """Feed the excluded nodes the float tensors themselves. ModelOpt leaves them out of its placement, but a
+    tensor it quantizes for another consumer reaches every consumer through the one DequantizeLinear (the
+    deepest encoder state feeds the classifier's conv and the first decoder Add, say); an excluded node is
+    meant to compute from float values."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name not in names and node.op_type not in op_types:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = None if dq is None or dq.op_type != "DequantizeLinear" else producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+                node.input[i] = q.input[0]
+    # Q/DQ pairs that no node reads any more go, with their scales and zero points.
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [
+            n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read
+        ]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    live = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+
+
+def _write_calibration_cache(path: Path, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Our ranges as a TensorRT calibration cache, the format ModelOpt imports precomputed scales from: a
+    header line, then one `tensor: scale` line per tensor, the scale (amax / 127) as a big-endian float32
+    in hex."""
+    lines = ["TRT-8601-EntropyCalibration2"]
+    for name, (lo, hi) in ranges.items():
+        if ": " in name or "\n" in name:
+            raise ConfigError(f"tensor name {name!r} cannot be written to a TensorRT calibration cache")
+        amax = max(abs(float(lo)), abs(float(hi)), _MIN_AMAX)
+        lines.append(f"{name}: {struct.pack('!f', amax / _INT8_MAX).hex()}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _check_fp16_ranges(ranges: Mapping[str, tuple[float, float]]) -> None:
+    loud = {n: r for n, r in ranges.items() if max(abs(r[0]), abs(r[1])) > FP16_OVERFLOW_ABS}
+    if loud:
+        name, (lo, hi) = next(iter(loud.items()))
+        raise ConfigError(
+            f"{len(loud)} activation(s) exceed float16's range on the calibration data (e.g. {name}: "
+            f"{lo:.4g} .. {hi:.4g}): quantize with high_precision='fp32'"
+        )
+
+
+def _graph_initializers(model: Any) -> dict[str, np.ndarray]:
+    onnx = require("onnx", "int8 quantization")
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _check_scales(model: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Every activation scale must be ours: a ModelOpt that read the cache differently would otherwise ship
+    the scales of its one grey calibration image, silently."""
+    inits = _graph_initializers(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        tensor = node.input[0]
+        while tensor not in ranges and tensor in producer and producer[tensor].op_type == "Cast":
+            tensor = producer[tensor].input[0]  # the float16 cast of a float32 input
+        if tensor not in ranges:
+            raise ArtifactError(f"ModelOpt quantized {node.input[0]!r}, a tensor the ranges do not know")
+        lo, hi = ranges[tensor]
+        stored = inits[node.input[1]]
+        want = np.float32(max(abs(float(lo)), abs(float(hi)), _MIN_AMAX) / _INT8_MAX)
+        if stored.dtype == np.float16:  # ModelOpt rounds scales to float16, lifting any below its smallest
+            want = np.float16(max(want, _FP16_TINY))
+        got = float(stored)
+        if not np.isclose(got, float(want), rtol=1e-3, atol=0.0):
+            raise ArtifactError(
+                f"ModelOpt did not apply the calibration range of {tensor!r} (scale {got:.6g}, expected "
+                f"{want:.6g}): this ModelOpt version reads calibration caches differently"
+            )
+
+
+def _int8_consumers(model: Any) -> set[str]:
+    """Names of the nodes with an input coming through a DequantizeLinear (the nodes computing in int8)."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {
+        n.name
+        for n in model.graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and set(n.input) & dq_outputs
+    }
 
 
 # --- cpu: ONNX Runtime's QDQ quantizer, fed with our ranges ---------------------------------------------
@@ -193,121 +379,3 @@ def _quiet_ort_advice() -> Iterator[None]:
         yield
     finally:
         logging.getLogger().removeFilter(flt)
-
-
-# --- tensorrt: our own Q/DQ placement ----------------------------------------------------------------
-#
-# Placement follows TensorRT's "Explicit Quantization" guide, section "Q/DQ Layer-Placement
-# Recommendations" (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
-# quantized-types-explicit-quantization.html): quantize all inputs of weighted operations (Conv,
-# ConvTranspose, Gemm/MatMul); do not quantize their outputs; do not simulate BN/ReLU fusions (Relu and
-# Clip stay as they are, TensorRT fuses them); quantize the residual input of element-wise additions so
-# that TensorRT fuses the add into the preceding convolution, and leave the operand that comes straight
-# from a single-use weighted op unquantized (an extra Q/DQ there would split the fusion). Weights are
-# pre-quantized int8 initializers behind a DequantizeLinear; biases stay float (TensorRT folds them).
-
-
-def _quantize_tensorrt(
-    model: Any,
-    ranges: Mapping[str, tuple[float, float]],
-    per_channel: bool,
-    exclude: set[str],
-    exclude_ops: set[str],
-) -> Any:
-    onnx = require("onnx", "int8 quantization")
-    helper, numpy_helper = onnx.helper, onnx.numpy_helper
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    outputs = {o.name for o in graph.output}
-    new_nodes: list[Any] = []
-    dq_of: dict[str, str] = {}  # activation tensor -> its DequantizeLinear output
-
-    def activation_dq(name: str) -> str:
-        if name not in dq_of:
-            lo, hi = ranges[name]
-            amax = max(abs(float(lo)), abs(float(hi)), _MIN_AMAX)
-            scale, zp = f"{name}_scale", f"{name}_zero_point"
-            graph.initializer.append(numpy_helper.from_array(np.array(amax / _INT8_MAX, dtype=np.float32), scale))
-            graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zp))
-            q, dq = f"{name}_QuantizeLinear_Output", f"{name}_DequantizeLinear_Output"
-            new_nodes.append(helper.make_node("QuantizeLinear", [name, scale, zp], [q], name=f"{name}_QuantizeLinear"))
-            new_nodes.append(
-                helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{name}_DequantizeLinear")
-            )
-            dq_of[name] = dq
-        return dq_of[name]
-
-    def weight_dq(name: str, axis: int) -> str:
-        w = numpy_helper.to_array(inits[name]).astype(np.float32)
-        axis = axis % w.ndim
-        if per_channel and w.ndim > 1:
-            reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
-            amax = np.max(np.abs(w), axis=reduce_axes)
-            scale = np.maximum(amax, _MIN_AMAX) / _INT8_MAX
-            bshape = [1] * w.ndim
-            bshape[axis] = -1
-            q = np.clip(np.round(w / scale.reshape(bshape)), -_INT8_MAX, _INT8_MAX).astype(np.int8)
-            zp = np.zeros(scale.shape, dtype=np.int8)
-            attrs = {"axis": axis}
-        else:
-            scale = np.array(max(float(np.max(np.abs(w))), _MIN_AMAX) / _INT8_MAX, dtype=np.float32)
-            q = np.clip(np.round(w / scale), -_INT8_MAX, _INT8_MAX).astype(np.int8)
-            zp = np.array(0, dtype=np.int8)
-            attrs = {}
-        qname, sname, zname, out = (
-            f"{name}_quantized",
-            f"{name}_scale",
-            f"{name}_zero_point",
-            f"{name}_DequantizeLinear_Output",
-        )
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, qname),
-                numpy_helper.from_array(scale.astype(np.float32), sname),
-                numpy_helper.from_array(zp, zname),
-            ]
-        )
-        new_nodes.append(
-            helper.make_node("DequantizeLinear", [qname, sname, zname], [out], name=f"{name}_DequantizeLinear", **attrs)
-        )
-        return out
-
-    def straight_from_weighted(name: str) -> bool:
-        node = producer.get(name)
-        return node is not None and node.op_type in WEIGHTED_OPS and consumers.get(name, 0) == 1
-
-    for node in graph.node:
-        if node.name in exclude or node.op_type in exclude_ops:
-            continue
-        if node.op_type in WEIGHTED_OPS:
-            axis = WEIGHTED_OPS[node.op_type]
-            if node.op_type == "Gemm":
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                axis = 0 if trans_b else 1
-            for idx in (0, 1):
-                name = node.input[idx]
-                if name in inits:
-                    node.input[idx] = weight_dq(name, axis) if idx == 1 else node.input[idx]
-                elif name in ranges:
-                    node.input[idx] = activation_dq(name)
-        elif node.op_type in ELEMENTWISE_OPS and not set(node.output) & outputs:
-            fused_one = False
-            for idx, name in enumerate(node.input):
-                if name in inits or name not in ranges:
-                    continue  # constants stay float; TensorRT folds them
-                if not fused_one and straight_from_weighted(name):
-                    fused_one = True
-                    continue
-                node.input[idx] = activation_dq(name)
-    graph.node.extend(new_nodes)
-    # The float weights now behind int8 copies are dead: drop them (they would triple the file's size).
-    used = {i for n in graph.node for i in n.input} | outputs
-    live = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(live)
-    return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from addunet_edge.calibration import (  # noqa: E402
     collect_ranges,
     convert_fp16,
     fallback_to_budget,
+    quantizable_nodes,
     quantize_int8,
     run_onnx,
 )
-from addunet_edge.errors import ArtifactError, BudgetError, DataError  # noqa: E402
+from addunet_edge.calibration.ranges import prepare_model  # noqa: E402
+from addunet_edge.errors import ArtifactError, BudgetError, ConfigError, DataError  # noqa: E402
 from addunet_edge.metrics import fmt_signed, psnr  # noqa: E402
 from addunet_edge.model import ModelConfig, build_model, fold_batchnorm  # noqa: E402
 
@@ -63,6 +66,21 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 m.running_var.uniform_(0.5, 2.0)
     fold_batchnorm(model)
     return _export(model, tmp_path_factory.mktemp("fp32") / "model.fp32.onnx")
+
+
+@pytest.fixture(scope="module")
+def fp32_w16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model at width 16: ModelOpt leaves the width-8 convs float (too narrow for TensorRT's int8
+    kernels), so the tensorrt target is tested where it quantizes every conv."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=16, depth=2, num_classes=4, bound=None)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    fold_batchnorm(model)
+    return _export(model, tmp_path_factory.mktemp("fp32w16") / "model.fp32.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -167,45 +185,115 @@ def test_cpu_int8_fuses_to_integer_kernels(fp32: Path, data, tmp_path: Path) -> 
     assert manifest["calibration"]["data_sha256"] == CalibrationSet(noisy).data_sha256
 
 
-def test_tensorrt_int8_is_symmetric_per_channel_with_residual_qdq(fp32: Path, data, tmp_path: Path) -> None:
-    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
-    out = quantize_int8(fp32, tmp_path / "model.int8.onnx", ranges, target="tensorrt")
+def _compute_dtypes(model: onnx.ModelProto) -> Counter:
+    """Element types of what the nodes outside Q/DQ, casts and constants compute, by name ('FLOAT16', ...)."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    skip = {"QuantizeLinear", "DequantizeLinear", "Cast", "Constant"}
+    return Counter(onnx.TensorProto.DataType.Name(types[n.output[0]]) for n in graph.node if n.op_type not in skip)
+
+
+def test_tensorrt_int8_is_modelopt_symmetric_per_channel_fp16_outside(fp32_w16: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32_w16, CalibrationSet(data[0]), "minmax", progress=False)
+    out = quantize_int8(fp32_w16, tmp_path / "model.int8.onnx", ranges, target="tensorrt")
     _check_runs(out)
     q = onnx.load(str(out))
     inits = _inits(out)
     producer = {o: n for n in q.graph.node for o in n.output}
+    assert max(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 19
     for node in q.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zp = inits[node.input[2]]
             assert zp.dtype == np.int8 and not zp.any(), node.name
+            assert inits[node.input[1]].dtype == np.float16, node.name  # scales in the high precision
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
-    assert convs
+    assert len(convs) == 11  # stem, 2 x 2 encoder, 2 x 2 decoder, projection, head
     for conv in convs:
         x, w = producer[conv.input[0]], producer[conv.input[1]]
-        assert x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear"
-        assert inits[w.input[0]].dtype == np.int8
+        assert x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear", conv.name
+        assert inits[w.input[0]].dtype == np.int8  # weights stored int8, behind a DequantizeLinear only
         out_channels = inits[w.input[0]].shape[0]
         assert inits[w.input[1]].shape == (out_channels,)  # one scale per output channel
+        assert next(a.i for a in w.attribute if a.name == "axis") == 0
         # Biases stay float: TensorRT folds them itself.
-        assert len(conv.input) < 3 or (conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32)
-    outputs = {o.name for o in q.graph.output}
-    residual = [n for n in q.graph.node if n.op_type in ("Add", "Sub") and not set(n.output) & outputs]
-    assert residual
+        assert len(conv.input) < 3 or inits[conv.input[2]].dtype == np.float16
+    # Activation scales are our ranges (amax / 127), to float16's precision.
+    noisy_q = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and producer[n.input[0]].op_type == "Cast")
+    lo, hi = ranges["noisy"]
+    assert float(inits[noisy_q.input[1]]) == pytest.approx(max(-lo, hi) / 127, rel=1e-3)
+    # The residual Subs / Adds take the operand that does not fuse into the preceding conv through Q/DQ.
+    tails = ("denoised", "denoised_pre_cast")  # the output's float tail (ModelOpt casts it to float32 after)
+    residual = [n for n in q.graph.node if n.op_type in ("Add", "Sub") and n.output[0] not in tails]
+    assert len(residual) == 4
     for node in residual:
         assert any(i in producer and producer[i].op_type == "DequantizeLinear" for i in node.input), node.name
-    tail = [n for n in q.graph.node if "denoised" in n.output]
-    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in tail[0].input)
-    assert read_manifest(out, required=True)["target"] == "tensorrt"
+    # Everything outside the int8 ops computes in float16; the graph's inputs and outputs stay float32.
+    assert set(_compute_dtypes(q)) == {"FLOAT16"}
+    assert q.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in q.graph.output)
+    manifest = read_manifest(out, required=True)
+    assert manifest["target"] == "tensorrt" and manifest["high_precision"] == "fp16" and manifest["opset"] == 19
+    assert manifest["quantizer"].startswith("modelopt ") and manifest["weights"] == "int8 symmetric per-channel"
+    # Run as written, the int8 model stays close to fp32 (ORT's own optimiser is kept from rewriting biases).
+    ref, got = run_onnx(fp32_w16, data[0]), run_onnx(out, data[0])
+    assert np.max(np.abs(ref[0] - got[0])) < 0.05
 
 
-def test_excluded_nodes_stay_float(fp32: Path, data, tmp_path: Path) -> None:
-    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
-    stem = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
-    out = quantize_int8(fp32, tmp_path / "m.onnx", ranges, target="tensorrt", exclude_nodes=[stem])
+def test_tensorrt_int8_in_fp32_when_asked(fp32_w16: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32_w16, CalibrationSet(data[0]), "minmax", progress=False)
+    out = quantize_int8(fp32_w16, tmp_path / "m.onnx", ranges, target="tensorrt", high_precision="fp32")
+    _check_runs(out)
     q = onnx.load(str(out))
+    assert set(_compute_dtypes(q)) == {"FLOAT"}
+    assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in q.graph.initializer)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
+    assert read_manifest(out, required=True)["high_precision"] == "fp32"
+    with pytest.raises(ConfigError, match="target tensorrt"):
+        quantize_int8(fp32_w16, tmp_path / "c.onnx", ranges, target="cpu", high_precision="fp16")
+    with pytest.raises(ConfigError, match="high_precision"):
+        quantize_int8(fp32_w16, tmp_path / "c.onnx", ranges, target="tensorrt", high_precision="bf16")  # type: ignore[arg-type]
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_tensorrt_int8_without_modelopt_names_the_package(fp32_w16: Path, data, tmp_path: Path, monkeypatch) -> None:
+    from addunet_edge.errors import MissingDependencyError
+
+    ranges = collect_ranges(fp32_w16, CalibrationSet(data[0]), "minmax", progress=False)
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match="nvidia-modelopt"):
+        quantize_int8(fp32_w16, tmp_path / "m.onnx", ranges, target="tensorrt")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_tensorrt_quantizable_nodes_follow_modelopt(fp32: Path, fp32_w16: Path) -> None:
+    """What the fallback may keep float is what ModelOpt puts in int8: narrow convs and small classifiers
+    are never int8 for TensorRT, so they are no candidates."""
+    wide = quantizable_nodes(prepare_model(fp32_w16), "tensorrt")
+    assert "/classifier/fc/Gemm" not in wide  # 4 outputs: under TensorRT's int8 GEMM minimum
+    assert {"/stem/Conv", "/encoders.0/conv1/Conv", "/head/Conv", "/Sub", "/Add"} <= set(wide)
+    narrow = quantizable_nodes(prepare_model(fp32), "tensorrt")
+    assert "/stem/Conv" in narrow and "/encoders.0/conv1/Conv" not in narrow
+
+
+def test_excluded_nodes_stay_float(fp32_w16: Path, data, tmp_path: Path) -> None:
+    ranges = collect_ranges(fp32_w16, CalibrationSet(data[0]), "minmax", progress=False)
+    nodes = onnx.load(str(fp32_w16)).graph.node
+    stem = next(n.name for n in nodes if n.op_type == "Conv")
+    out = quantize_int8(fp32_w16, tmp_path / "m.onnx", ranges, target="tensorrt", exclude_nodes=[stem, "/Add"])
+    _check_runs(out)
+    q = onnx.load(str(out))
+    inits = _inits(out)
+    producer = {o: n for n in q.graph.node for o in n.output}
     node = next(n for n in q.graph.node if n.name == stem)
-    assert node.input[1] in _inits(out) and _inits(out)[node.input[1]].dtype == np.float32
-    assert read_manifest(out)["excluded_nodes"] == [stem]
+    assert node.input[1] in inits and inits[node.input[1]].dtype == np.float16  # a float weight, not int8
+    assert node.input[0] not in producer or producer[node.input[0]].op_type != "DequantizeLinear"
+    add = next(n for n in q.graph.node if n.name == "/Add")
+    assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in add.input)
+    # The other convs are still int8.
+    assert producer[next(n for n in q.graph.node if n.name == "/encoders.0/conv1/Conv").input[0]].op_type == (
+        "DequantizeLinear"
+    )
+    assert read_manifest(out)["excluded_nodes"] == [stem, "/Add"]
 
 
 def test_calibrate_auto_reports_every_method_and_keeps_the_best(fp32: Path, data, tmp_path: Path) -> None:
@@ -246,7 +334,8 @@ def test_bad_inputs_write_nothing(fp32: Path, data, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [corrupt]
 
 
-def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_path: Path) -> None:
+def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32_w16: Path, data, tmp_path: Path) -> None:
+    fp32 = fp32_w16  # the tensorrt target quantizes its convs (see fp32_w16)
     noisy = data[0]
     reference = run_onnx(fp32, noisy)[0]
     # Targets close to the fp32 output make int8's own error dominate the drift, so the budget bites.
@@ -295,8 +384,9 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_float(fp32: Path, data, tmp_p
     assert read_manifest(tmp_path / "best.onnx")["excluded_nodes"] == kept.float_nodes
 
 
-def test_fallback_budget_holds_at_the_worst_group(fp32: Path, data, tmp_path: Path) -> None:
+def test_fallback_budget_holds_at_the_worst_group(fp32_w16: Path, data, tmp_path: Path) -> None:
     """Scored per group (noise level): a budget the mild group meets but the hard one breaks is broken."""
+    fp32 = fp32_w16  # the tensorrt target quantizes its convs (see fp32_w16)
     noisy = data[0]
     reference = run_onnx(fp32, noisy)[0]
     rng = np.random.default_rng(2)

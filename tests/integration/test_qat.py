@@ -99,8 +99,9 @@ def test_fake_quant_model_trains_weights_and_ranges(tiny_checkpoint: Path) -> No
     torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=0)
 
 
-def _conv_input_scales(path: Path) -> dict[str, float]:
-    """Conv / Gemm node name -> scale of the DequantizeLinear that feeds its data input."""
+def _conv_input_scales(path: Path, every: bool = True) -> dict[str, float]:
+    """Conv / Gemm node name -> scale of the DequantizeLinear that feeds its data input (with `every`, each
+    Conv / Gemm must have one)."""
     import onnx
     from onnx import numpy_helper
 
@@ -111,8 +112,10 @@ def _conv_input_scales(path: Path) -> dict[str, float]:
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm"):
             dq = producer.get(node.input[0])
-            assert dq is not None and dq.op_type == "DequantizeLinear", f"{node.name} input is not quantized"
-            scales[node.name] = float(inits[dq.input[1]])
+            quantized = dq is not None and dq.op_type == "DequantizeLinear"
+            assert quantized or not every, f"{node.name} input is not quantized"
+            if quantized:
+                scales[node.name] = float(inits[dq.input[1]])
     return scales
 
 
@@ -133,11 +136,18 @@ def test_finetune_writes_checkpoint_ranges_and_int8(tiny_checkpoint: Path, tmp_p
     den, logits = run_onnx(result.int8_onnx, np.full((2, 1, 16, 16), 0.4, np.float32))
     assert den.shape == (2, 1, 16, 16) and logits.shape == (2, 10) and np.isfinite(den).all()
 
-    # Every conv / linear input carries the learned range, not a re-calibrated one.
-    scales = _conv_input_scales(result.int8_onnx)
-    assert len(scales) == 12
+    # Every quantized conv / linear input carries the learned range, not a re-calibrated one. For tensorrt,
+    # ModelOpt quantizes only the convs wide enough for TensorRT's int8 kernels (of this width-8 model: the
+    # stem) and stores the scales in float16.
+    scales = _conv_input_scales(result.int8_onnx, every=target == "cpu")
     expected = sorted(layer["scale"] for layer in saved["layers"].values())
-    np.testing.assert_allclose(sorted(scales.values()), expected, rtol=1e-5)
+    if target == "cpu":
+        assert len(scales) == 12
+        np.testing.assert_allclose(sorted(scales.values()), expected, rtol=1e-5)
+    else:
+        assert scales
+        for scale in scales.values():
+            assert min(abs(scale - e) / e for e in expected) < 1e-3, (scale, expected)
     for layer in saved["layers"].values():
         lo, hi = layer["range"]
         want = (hi - lo) / 255.0 if target == "cpu" else max(-lo, hi) / 127.0
