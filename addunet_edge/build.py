@@ -191,7 +191,8 @@ def build(
         result=result,
     )
     if chosen == "tensorrt":
-        from .engines.trt_build import BuildProfile, build_plan
+        from .engines.plan import BuildProfile
+        from .engines.trt_build import build_plan
 
         opts = dict(trt_options or {})
         profile = opts.pop("profile", None) or BuildProfile.parse(DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES)

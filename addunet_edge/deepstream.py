@@ -26,8 +26,7 @@ def deepstream_config(
     with no optimum needs it). A plan built for a DLA core gets nvinfer's DLA keys, so DeepStream runs it on
     that core instead of the GPU.
     """
-    from .engines.tensorrt import input_profile_from_manifest, read_plan_manifest
-    from .engines.trt_build import PLAN_KIND
+    from .engines.plan import PLAN_KIND, input_profile_from_manifest, read_plan_manifest
 
     plan = Path(plan_path)
     if plan.suffix.lower() not in (".plan", ".engine"):

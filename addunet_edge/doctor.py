@@ -76,7 +76,7 @@ def _onnxruntime_report() -> dict[str, Any]:
 
 
 def _gpus_from_cuda_bindings() -> list[dict[str, str]]:
-    from .engines.tensorrt import open_cuda
+    from .engines.cuda import open_cuda
 
     cuda = open_cuda("doctor")
     try:

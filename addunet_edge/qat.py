@@ -472,7 +472,7 @@ def _finetune(
     from .checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
     from .data import load_dataset
     from .export import export_onnx
-    from .training import TrainConfig, _param_groups, lr_at
+    from .training import TrainConfig, lr_at, param_groups
 
     original, meta = load_checkpoint(checkpoint)
     mc = original.config
@@ -495,7 +495,7 @@ def _finetune(
 
     # The schedule of training (warm-up, cosine) at the fine-tune's scale; ranges follow the same curve.
     schedule = TrainConfig(lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10), min_lr_ratio=0.1)
-    groups = _param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay)
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
         g["lr_scale"] = 1.0

@@ -139,7 +139,8 @@ def _plans(result: QuickstartResult, engines: Path, console: Console) -> None:
         console.print(f"[yellow]note:[/] {note}")
         result.notes.append(str(note))
         return
-    from .engines.trt_build import BuildProfile, build_plan
+    from .engines.plan import BuildProfile
+    from .engines.trt_build import build_plan
 
     console.print(Rule("3/5 build TensorRT plans"))
     profile = BuildProfile.parse(DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES)

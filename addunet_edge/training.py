@@ -168,7 +168,7 @@ class _Dist:
             torch.distributed.destroy_process_group()
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv and linear weights only: decaying the gates would pull every alpha towards
     softplus(0) = 0.69 regardless of the data, and decaying norms and biases only hurts."""
     decay, no_decay = [], []
@@ -252,7 +252,7 @@ def _train(
     torch.manual_seed(tc.seed)
     model = build_model(mc).to(device)
     use_cls = mc.num_classes > 0 and tc.cls_weight > 0 and dataset.num_classes > 0
-    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr)
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     steps_per_epoch = math.ceil(len(dataset.train) / (tc.batch_size * dist.world))
     epochs = tc.epochs
     start_epoch, step, best = 0, 0, math.inf

@@ -80,10 +80,10 @@ class Contender:
     def timer(self, shape: Shape) -> Callable[[int], list[float]]:
         """A function running n timed inferences at `shape`, returning their latencies in ms."""
         if self.backend == "tensorrt":
-            from ..engines.tensorrt import time_inference
-
-            copies = self.timing == "end_to_end"
-            return lambda n: time_inference(self.engine, shape, n, 0, copies, self.cuda_graph)  # type: ignore[arg-type]
+            copies, graph = self.timing == "end_to_end", self.cuda_graph
+            return lambda n: self.engine.time_inference(  # type: ignore[attr-defined]
+                shape, n, include_copies=copies, use_cuda_graph=graph
+            )
         if self.timing == "compute":  # torch on CUDA, input already on the device
             import torch
 

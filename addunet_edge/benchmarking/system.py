@@ -50,9 +50,9 @@ class DeviceMemory:
                 free, total = torch.cuda.mem_get_info(self.device_index)
                 return int(total - free)
         with contextlib.suppress(Exception):
-            from ..engines.tensorrt import _import_cudart
+            from ..engines.cuda import import_cudart
 
-            rt = _import_cudart()
+            rt = import_cudart()
             if rt is not None:
                 err, free, total = rt.cudaMemGetInfo()
                 if int(err) == 0:
@@ -110,7 +110,7 @@ def system_info(device: str, threads: int, command: str | None) -> dict[str, Any
             info["gpu_compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
     if device.startswith("cuda") and "gpu" not in info:
         with contextlib.suppress(Exception):
-            from ..engines.tensorrt import gpu_identity
+            from ..engines.cuda import gpu_identity
 
             info["gpu"], info["gpu_compute_capability"] = gpu_identity(device_index(device))
     return info

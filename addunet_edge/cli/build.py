@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
         trt_options = None
         if backend != "onnxruntime":
-            from ..engines.trt_build import BuildProfile
+            from ..engines.plan import BuildProfile
 
             trt_options = {
                 "profile": BuildProfile.parse(profile_batch, profile_sizes),

@@ -49,8 +49,7 @@ def _fmt(value: object) -> str:
 
 
 def _plan_info(plan: Path, json_out: bool) -> None:
-    from ..engines.plan import PlanLayers, format_summary
-    from ..engines.tensorrt import read_plan_manifest
+    from ..engines.plan import PlanLayers, format_summary, read_plan_manifest
     from ..errors import ArtifactError
 
     manifest = read_plan_manifest(plan)

@@ -1,4 +1,7 @@
-"""What a built TensorRT plan really holds: each layer's precision and device, read back after the build.
+"""A TensorRT plan's description and checks, all pure (no TensorRT, no GPU; tested on the CPU): its
+optimization profile, its manifest and whether it can run here, and what it really holds.
+
+What a built plan holds: each layer's precision and device, read back after the build.
 
 A strongly typed plan computes in the types of its ONNX, and a DLA build with GPU fallback may put any
 layer on the GPU without an error. Neither shows in the build flags, so after every build the engine
@@ -15,9 +18,18 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, BudgetError
+from ..artifacts import read_manifest
+from ..errors import ArtifactError, BudgetError, ConfigError
+from .base import InputProfile
+
+PLAN_KIND = "tensorrt-plan"
+REBUILD_HINT = "rebuild it on this machine with `addunet-edge build`"
+# Hardware-compatible plans (HardwareCompatibilityLevel.AMPERE_PLUS) run on any GPU of compute capability 8.0+
+_AMPERE = (8, 0)
+Size = tuple[int, int]
 
 # A DLA plan may leave a few layers on the GPU (reformats at its edges, an unsupported op); past this
 # share of its layers it is a GPU plan that happens to touch the DLA, and `build` refuses it.
@@ -178,3 +190,181 @@ def format_summary(summary: dict[str, Any]) -> str:
     precision = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("precision", {}).items()))
     device = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("device", {}).items()))
     return f"{summary.get('layers', 0)} layers: {precision}; {device}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# The optimization profile
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildProfile:
+    """min / opt / max of the batch and of (height, width) for input 'noisy'; TensorRT tunes for opt."""
+
+    batch: tuple[int, int, int] = (1, 1, 8)
+    sizes: tuple[Size, Size, Size] = ((64, 64), (256, 256), (1024, 1024))
+
+    def __post_init__(self) -> None:
+        if len(self.batch) != 3 or len(self.sizes) != 3 or any(len(s) != 2 for s in self.sizes):
+            raise ConfigError(f"a profile needs min, opt and max of batch and HxW, got {self.batch} {self.sizes}")
+        values = [*self.batch, *(d for s in self.sizes for d in s)]
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+            raise ConfigError(f"profile values must be integers, got batch {self.batch}, sizes {self.sizes}")
+        if min(values) < 1:
+            raise ConfigError(f"profile values must be at least 1, got batch {self.batch}, sizes {self.sizes}")
+        axes = {
+            "batch": self.batch,
+            "height": tuple(s[0] for s in self.sizes),
+            "width": tuple(s[1] for s in self.sizes),
+        }
+        for axis, (lo, opt, hi) in axes.items():
+            if not lo <= opt <= hi:
+                raise ConfigError(f"profile {axis} must satisfy min <= opt <= max, got {lo}, {opt}, {hi}")
+
+    @classmethod
+    def parse(cls, batch: str, sizes: str) -> BuildProfile:
+        """From CLI text: batch '1,4,8' (or '4': fixed), sizes '64x64,256x256,1024x1024' (or '256x256')."""
+        try:
+            b = tuple(int(v) for v in batch.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"batch profile must look like 1,4,8 (min,opt,max), got {batch!r}") from None
+        s = tuple(_parse_size(part) for part in sizes.split(",") if part.strip())
+        if len(b) == 1:
+            b = b * 3
+        if len(s) == 1:
+            s = s * 3
+        if len(b) != 3:
+            raise ConfigError(f"batch profile needs 1 or 3 values (min,opt,max), got {batch!r}")
+        if len(s) != 3:
+            raise ConfigError(f"size profile needs 1 or 3 sizes (min,opt,max), got {sizes!r}")
+        return cls(batch=b, sizes=s)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildProfile:
+        try:
+            return cls(batch=tuple(d["batch"]), sizes=tuple(tuple(s) for s in d["sizes"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"malformed profile in manifest: {d!r} ({e})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": list(self.batch), "sizes": [list(s) for s in self.sizes]}
+
+    def shapes(self, channels: int) -> tuple[tuple[int, int, int, int], ...]:
+        """(min, opt, max) NCHW shapes of 'noisy'."""
+        return tuple((n, channels, h, w) for n, (h, w) in zip(self.batch, self.sizes, strict=True))
+
+    def check_multiple(self, multiple: int) -> None:
+        if multiple > 1 and any(d % multiple for s in self.sizes for d in s):
+            raise ConfigError(
+                f"this model needs height and width multiples of {multiple}; profile sizes are {self.sizes}"
+            )
+
+    def to_input_profile(self, channels: int, size_multiple: int = 1) -> InputProfile:
+        (lo_b, opt_b, hi_b), (lo_s, opt_s, hi_s) = self.batch, self.sizes
+        return InputProfile(
+            channels=channels,
+            min_batch=lo_b,
+            max_batch=hi_b,
+            min_hw=tuple(lo_s),  # type: ignore[arg-type]
+            max_hw=tuple(hi_s),  # type: ignore[arg-type]
+            fixed_hw=tuple(lo_s) if lo_s == hi_s else None,  # type: ignore[arg-type]
+            size_multiple=size_multiple,
+            opt_batch=opt_b,
+            opt_hw=tuple(opt_s),  # type: ignore[arg-type]
+        )
+
+
+def _parse_size(text: str) -> Size:
+    try:
+        h, w = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size must look like 256x256 (height x width), got {text.strip()!r}") from None
+    return (h, w)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The manifest: can this plan run here?
+# --------------------------------------------------------------------------------------------------------
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(version).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _cc_tuple(cc: str) -> tuple[int, ...]:
+    return _version_tuple(cc)
+
+
+def check_plan_compatibility(
+    manifest: dict[str, Any],
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    *,
+    plan_sha256: str | None = None,
+) -> None:
+    """Refuse (ArtifactError) a plan whose manifest says it cannot run with this TensorRT on this GPU.
+
+    `compute_capability` is 'major.minor'. `plan_sha256`, when given, is compared with the manifest's hash.
+    """
+    name = manifest.get("artifact", "the plan")
+    if manifest.get("kind") != PLAN_KIND:
+        raise ArtifactError(
+            f"{name}: manifest describes a {manifest.get('kind')!r}, not a TensorRT plan; {REBUILD_HINT}"
+        )
+    for key in ("tensorrt_version", "gpu", "precision", "profile", "channels", "num_classes"):
+        if key not in manifest:
+            raise ArtifactError(f"{name}: manifest lacks {key!r}; {REBUILD_HINT}")
+    if plan_sha256 is not None and plan_sha256 != manifest.get("sha256"):
+        raise ArtifactError(
+            f"{name} does not match its manifest (sha256 {plan_sha256[:12]}… != "
+            f"{str(manifest.get('sha256'))[:12]}…): "
+            f"the plan was modified or truncated; {REBUILD_HINT}"
+        )
+    options = manifest.get("options", {})
+    built_version = str(manifest["tensorrt_version"])
+    if built_version != trt_version:
+        # A version-compatible plan runs on the TensorRT that built it and later ones ("Engine Compatibility",
+        # TensorRT 11 docs); any other plan only on the exact version that built it.
+        later = _version_tuple(trt_version) >= _version_tuple(built_version)
+        if not (options.get("version_compatible") and later):
+            raise ArtifactError(
+                f"{name} was built with TensorRT {built_version}, this machine has TensorRT {trt_version}; "
+                f"a plan only runs on the TensorRT version that built it: {REBUILD_HINT}"
+            )
+    gpu = manifest["gpu"]
+    built_cc, built_name = str(gpu.get("compute_capability")), str(gpu.get("name"))
+    if options.get("hardware_compatible"):
+        if _cc_tuple(compute_capability) < _AMPERE:
+            raise ArtifactError(
+                f"{name} is hardware-compatible (Ampere and newer) but this GPU, {gpu_name}, has compute "
+                f"capability {compute_capability}: {REBUILD_HINT}"
+            )
+        return
+    if built_cc != compute_capability or built_name != gpu_name:
+        raise ArtifactError(
+            f"{name} was built for {built_name} (compute capability {built_cc}); this GPU is {gpu_name} "
+            f"(compute capability {compute_capability}). TensorRT plans are specific to the GPU model: "
+            f"{REBUILD_HINT}"
+        )
+
+
+def read_plan_manifest(plan_path: str | Path) -> dict[str, Any]:
+    """The plan's manifest, required and hash-checked (ArtifactError with what to do otherwise)."""
+    plan_path = Path(plan_path)
+    if not plan_path.is_file():
+        raise ArtifactError(f"TensorRT plan not found: {plan_path}")
+    try:
+        manifest = read_manifest(plan_path, verify_hash=True, required=True)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}. A plan is only loaded with its manifest: {REBUILD_HINT}") from None
+    if manifest is None:  # unreachable with required=True; keeps the type honest
+        raise ArtifactError(f"{plan_path} has no manifest; {REBUILD_HINT}")
+    return manifest
+
+
+def input_profile_from_manifest(manifest: dict[str, Any]) -> InputProfile:
+    profile = BuildProfile.from_dict(manifest["profile"])
+    return profile.to_input_profile(int(manifest["channels"]), int(manifest.get("size_multiple", 1)))

@@ -3,326 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._lazy import available, install_hint, require
-from ..artifacts import read_manifest, sha256_bytes
+from .._lazy import install_hint, require
+from ..artifacts import sha256_bytes
 from ..errors import ArtifactError, DeviceError, MissingDependencyError, ShapeError
-from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile
-from .trt_build import PLAN_KIND, BuildProfile
-
-REBUILD_HINT = "rebuild it on this machine with `addunet-edge build`"
-# Hardware-compatible plans (HardwareCompatibilityLevel.AMPERE_PLUS) run on any GPU of compute capability 8.0+
-_AMPERE = (8, 0)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Manifest checks (pure: no TensorRT, no GPU; unit-tested on the CPU)
-# --------------------------------------------------------------------------------------------------------
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(version).split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-def _cc_tuple(cc: str) -> tuple[int, ...]:
-    return _version_tuple(cc)
-
-
-def check_plan_compatibility(
-    manifest: dict[str, Any],
-    trt_version: str,
-    gpu_name: str,
-    compute_capability: str,
-    *,
-    plan_sha256: str | None = None,
-) -> None:
-    """Refuse (ArtifactError) a plan whose manifest says it cannot run with this TensorRT on this GPU.
-
-    `compute_capability` is 'major.minor'. `plan_sha256`, when given, is compared with the manifest's hash.
-    """
-    name = manifest.get("artifact", "the plan")
-    if manifest.get("kind") != PLAN_KIND:
-        raise ArtifactError(
-            f"{name}: manifest describes a {manifest.get('kind')!r}, not a TensorRT plan; {REBUILD_HINT}"
-        )
-    for key in ("tensorrt_version", "gpu", "precision", "profile", "channels", "num_classes"):
-        if key not in manifest:
-            raise ArtifactError(f"{name}: manifest lacks {key!r}; {REBUILD_HINT}")
-    if plan_sha256 is not None and plan_sha256 != manifest.get("sha256"):
-        raise ArtifactError(
-            f"{name} does not match its manifest (sha256 {plan_sha256[:12]}… != "
-            f"{str(manifest.get('sha256'))[:12]}…): "
-            f"the plan was modified or truncated; {REBUILD_HINT}"
-        )
-    options = manifest.get("options", {})
-    built_version = str(manifest["tensorrt_version"])
-    if built_version != trt_version:
-        # A version-compatible plan runs on the TensorRT that built it and later ones ("Engine Compatibility",
-        # TensorRT 11 docs); any other plan only on the exact version that built it.
-        later = _version_tuple(trt_version) >= _version_tuple(built_version)
-        if not (options.get("version_compatible") and later):
-            raise ArtifactError(
-                f"{name} was built with TensorRT {built_version}, this machine has TensorRT {trt_version}; "
-                f"a plan only runs on the TensorRT version that built it: {REBUILD_HINT}"
-            )
-    gpu = manifest["gpu"]
-    built_cc, built_name = str(gpu.get("compute_capability")), str(gpu.get("name"))
-    if options.get("hardware_compatible"):
-        if _cc_tuple(compute_capability) < _AMPERE:
-            raise ArtifactError(
-                f"{name} is hardware-compatible (Ampere and newer) but this GPU, {gpu_name}, has compute "
-                f"capability {compute_capability}: {REBUILD_HINT}"
-            )
-        return
-    if built_cc != compute_capability or built_name != gpu_name:
-        raise ArtifactError(
-            f"{name} was built for {built_name} (compute capability {built_cc}); this GPU is {gpu_name} "
-            f"(compute capability {compute_capability}). TensorRT plans are specific to the GPU model: "
-            f"{REBUILD_HINT}"
-        )
-
-
-def read_plan_manifest(plan_path: str | Path) -> dict[str, Any]:
-    """The plan's manifest, required and hash-checked (ArtifactError with what to do otherwise)."""
-    plan_path = Path(plan_path)
-    if not plan_path.is_file():
-        raise ArtifactError(f"TensorRT plan not found: {plan_path}")
-    try:
-        manifest = read_manifest(plan_path, verify_hash=True, required=True)
-    except ArtifactError as e:
-        raise ArtifactError(f"{e}. A plan is only loaded with its manifest: {REBUILD_HINT}") from None
-    if manifest is None:  # unreachable with required=True; keeps the type honest
-        raise ArtifactError(f"{plan_path} has no manifest; {REBUILD_HINT}")
-    return manifest
-
-
-def input_profile_from_manifest(manifest: dict[str, Any]) -> InputProfile:
-    profile = BuildProfile.from_dict(manifest["profile"])
-    return profile.to_input_profile(int(manifest["channels"]), int(manifest.get("size_multiple", 1)))
-
-
-# --------------------------------------------------------------------------------------------------------
-# CUDA through cuda-python (preferred) or pycuda (fallback where a Jetson image already has it)
-# --------------------------------------------------------------------------------------------------------
-def _import_cudart() -> Any | None:
-    # cuda-python >= 12.6 moved the runtime bindings to cuda.bindings.runtime; older releases had cuda.cudart.
-    for module in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(module)
-        except ImportError:
-            continue
-    return None
-
-
-class _CudaPython:
-    """The few CUDA runtime calls the backend needs, each checked."""
-
-    binding = "cuda-python"
-
-    def __init__(self, cudart: Any, device: int) -> None:
-        self.rt = cudart
-        self.device = device
-        count = self._call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", device_error=True)
-        if device < 0 or device >= count:
-            raise DeviceError(f"CUDA device {device} requested, {count} visible here")
-        self._call(cudart.cudaSetDevice(device), "cudaSetDevice", device_error=True)
-
-    def _call(self, result: Any, what: str, *, device_error: bool = False) -> Any:
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            _, text = self.rt.cudaGetErrorString(err)
-            message = text.decode() if isinstance(text, bytes) else str(text)
-            if device_error:
-                raise DeviceError(
-                    f"no usable CUDA GPU ({what}: {message}). TensorRT plans need an NVIDIA GPU or a "
-                    "Jetson with its driver; `nvidia-smi` (desktop) or `tegrastats` (Jetson) must work first"
-                )
-            raise DeviceError(f"CUDA error in {what}: {message}")
-        return rest[0] if len(rest) == 1 else tuple(rest)
-
-    def properties(self) -> tuple[str, str]:
-        prop = self._call(self.rt.cudaGetDeviceProperties(self.device), "cudaGetDeviceProperties")
-        name = prop.name.split(b"\0", 1)[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
-        return name.strip(), f"{prop.major}.{prop.minor}"
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._call(self.rt.cudaMalloc(nbytes), "cudaMalloc"))
-
-    def free(self, ptr: int) -> None:
-        self._call(self.rt.cudaFree(ptr), "cudaFree")
-
-    def host_alloc(self, nbytes: int) -> np.ndarray:
-        ptr = int(self._call(self.rt.cudaMallocHost(nbytes), "cudaMallocHost"))
-        return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=np.uint8)
-
-    def host_free(self, array: np.ndarray) -> None:
-        self._call(self.rt.cudaFreeHost(array.ctypes.data), "cudaFreeHost")
-
-    def stream(self) -> Any:
-        return self._call(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream)
-
-    def synchronize(self, stream: Any) -> None:
-        self._call(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-
-    def stream_destroy(self, stream: Any) -> None:
-        self._call(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
-
-    def htod(self, dst: int, src: np.ndarray, stream: Any) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call(self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, stream), "cudaMemcpyAsync")
-
-    def dtoh(self, dst: np.ndarray, src: int, stream: Any) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call(self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream), "cudaMemcpyAsync")
-
-    def event(self) -> Any:
-        return self._call(self.rt.cudaEventCreate(), "cudaEventCreate")
-
-    def record(self, event: Any, stream: Any) -> None:
-        self._call(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        self._call(self.rt.cudaEventSynchronize(end), "cudaEventSynchronize")
-        return float(self._call(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
-
-    def event_destroy(self, event: Any) -> None:
-        self._call(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
-
-    def capture(self, stream: Any, enqueue: Any) -> Any:
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self._call(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
-        try:
-            enqueue()
-        finally:
-            graph = self._call(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-        try:
-            return self._call(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        finally:
-            self._call(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
-
-    def launch(self, graph_exec: Any, stream: Any) -> None:
-        self._call(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
-
-    def graph_destroy(self, graph_exec: Any) -> None:
-        self._call(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
-
-    def close(self) -> None:
-        return None
-
-
-class _PyCuda:
-    """pycuda equivalent of _CudaPython, on the device's primary context (the one TensorRT uses)."""
-
-    binding = "pycuda"
-
-    def __init__(self, device: int) -> None:
-        drv = importlib.import_module("pycuda.driver")
-        self.drv = drv
-        try:
-            drv.init()
-            count = drv.Device.count()
-        except drv.Error as e:
-            raise DeviceError(f"no usable CUDA GPU (pycuda: {e}); check the NVIDIA driver") from None
-        if device < 0 or device >= count:
-            raise DeviceError(f"CUDA device {device} requested, {count} visible here")
-        self.dev = drv.Device(device)
-        self.ctx = self.dev.retain_primary_context()
-        self.ctx.push()
-
-    def properties(self) -> tuple[str, str]:
-        major, minor = self.dev.compute_capability()
-        return self.dev.name().strip(), f"{major}.{minor}"
-
-    def malloc(self, nbytes: int) -> Any:
-        return self.drv.mem_alloc(nbytes)
-
-    def free(self, ptr: Any) -> None:
-        ptr.free()
-
-    def host_alloc(self, nbytes: int) -> np.ndarray:
-        return self.drv.pagelocked_empty(nbytes, np.uint8)
-
-    def host_free(self, array: np.ndarray) -> None:
-        return None  # freed with the array
-
-    def stream(self) -> Any:
-        return self.drv.Stream()
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def stream_destroy(self, stream: Any) -> None:
-        return None
-
-    def htod(self, dst: Any, src: np.ndarray, stream: Any) -> None:
-        self.drv.memcpy_htod_async(dst, src, stream)
-
-    def dtoh(self, dst: np.ndarray, src: Any, stream: Any) -> None:
-        self.drv.memcpy_dtoh_async(dst, src, stream)
-
-    def event(self) -> Any:
-        return self.drv.Event()
-
-    def record(self, event: Any, stream: Any) -> None:
-        event.record(stream)
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        end.synchronize()
-        return float(end.time_since(start))
-
-    def event_destroy(self, event: Any) -> None:
-        return None
-
-    def capture(self, stream: Any, enqueue: Any) -> Any:
-        raise MissingDependencyError(
-            f"CUDA graph capture needs cuda-python (this machine only has pycuda): {install_hint('cuda')}"
-        )
-
-    def close(self) -> None:
-        self.ctx.pop()
-
-
-_Cuda = _CudaPython | _PyCuda
-
-
-def open_cuda(purpose: str, device: int = 0) -> _Cuda:
-    """CUDA through cuda-python, else pycuda; MissingDependencyError naming cuda-python if neither imports."""
-    cudart = _import_cudart()
-    if cudart is not None:
-        return _CudaPython(cudart, device)
-    if available("pycuda.driver"):
-        return _PyCuda(device)
-    raise MissingDependencyError(
-        f"{purpose} needs CUDA Python bindings: neither 'cuda-python' (cuda.bindings) nor 'pycuda' "
-        "imports here. "
-        f"Install with: {install_hint('cuda')}"
-    )
-
-
-def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, 'major.minor' compute capability) of `device`, as recorded in plan manifests."""
-    cuda = open_cuda("reading the GPU's name", device)
-    try:
-        return cuda.properties()
-    finally:
-        cuda.close()
+from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo
+from .cuda import open_cuda
+from .plan import REBUILD_HINT, check_plan_compatibility, input_profile_from_manifest, read_plan_manifest
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -561,12 +253,30 @@ class TensorRTEngine(Engine):
         self._shape = None
         return tuple(outputs[n].float() for n in OUTPUT_NAMES)  # type: ignore[return-value]
 
+    def time_inference(
+        self,
+        batch_shape: tuple[int, int, int, int],
+        iterations: int,
+        warmup: int = 0,
+        *,
+        include_copies: bool,
+        use_cuda_graph: bool = False,
+    ) -> list[float]:
+        """Latency of each of `iterations` runs in milliseconds, timed with CUDA events on the engine's stream.
+
+        `include_copies` adds the host-to-device input and device-to-host output copies (pinned memory) to
+        each timed run; `use_cuda_graph` replays a captured CUDA graph instead of enqueuing the plan. Holds
+        the engine's lock: no inference of another thread overlaps the timed runs.
+        """
+        with self._one_call(), self._infer_lock:
+            return _time_inference(self, batch_shape, iterations, warmup, include_copies, use_cuda_graph)
+
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:
     return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}[np.dtype(dtype)]
 
 
-def time_inference(
+def _time_inference(
     engine: TensorRTEngine,
     batch_shape: tuple[int, int, int, int],
     iterations: int,

@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,103 +30,13 @@ from ..artifacts import (
     write_manifest,
 )
 from ..errors import ArtifactError, ConfigError, DeviceError
-from .base import INPUT_NAME, OUTPUT_NAMES, InputProfile
-from .plan import PlanLayers, check_layers, format_summary, read_layers
+from .base import INPUT_NAME, OUTPUT_NAMES
+from .cuda import gpu_identity
+from .plan import PLAN_KIND, BuildProfile, PlanLayers, check_layers, format_summary, read_layers
 
-PLAN_KIND = "tensorrt-plan"
 PRECISIONS = ("fp32", "fp16", "int8")
 _MAX_OPTIMIZATION_LEVEL = 5
 _LOG_TAIL = 20
-
-Size = tuple[int, int]
-
-
-# --------------------------------------------------------------------------------------------------------
-# The optimization profile
-# --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BuildProfile:
-    """min / opt / max of the batch and of (height, width) for input 'noisy'; TensorRT tunes for opt."""
-
-    batch: tuple[int, int, int] = (1, 1, 8)
-    sizes: tuple[Size, Size, Size] = ((64, 64), (256, 256), (1024, 1024))
-
-    def __post_init__(self) -> None:
-        if len(self.batch) != 3 or len(self.sizes) != 3 or any(len(s) != 2 for s in self.sizes):
-            raise ConfigError(f"a profile needs min, opt and max of batch and HxW, got {self.batch} {self.sizes}")
-        values = [*self.batch, *(d for s in self.sizes for d in s)]
-        if any(not isinstance(v, int) or isinstance(v, bool) for v in values):
-            raise ConfigError(f"profile values must be integers, got batch {self.batch}, sizes {self.sizes}")
-        if min(values) < 1:
-            raise ConfigError(f"profile values must be at least 1, got batch {self.batch}, sizes {self.sizes}")
-        axes = {
-            "batch": self.batch,
-            "height": tuple(s[0] for s in self.sizes),
-            "width": tuple(s[1] for s in self.sizes),
-        }
-        for axis, (lo, opt, hi) in axes.items():
-            if not lo <= opt <= hi:
-                raise ConfigError(f"profile {axis} must satisfy min <= opt <= max, got {lo}, {opt}, {hi}")
-
-    @classmethod
-    def parse(cls, batch: str, sizes: str) -> BuildProfile:
-        """From CLI text: batch '1,4,8' (or '4': fixed), sizes '64x64,256x256,1024x1024' (or '256x256')."""
-        try:
-            b = tuple(int(v) for v in batch.split(",") if v.strip())
-        except ValueError:
-            raise ConfigError(f"batch profile must look like 1,4,8 (min,opt,max), got {batch!r}") from None
-        s = tuple(_parse_size(part) for part in sizes.split(",") if part.strip())
-        if len(b) == 1:
-            b = b * 3
-        if len(s) == 1:
-            s = s * 3
-        if len(b) != 3:
-            raise ConfigError(f"batch profile needs 1 or 3 values (min,opt,max), got {batch!r}")
-        if len(s) != 3:
-            raise ConfigError(f"size profile needs 1 or 3 sizes (min,opt,max), got {sizes!r}")
-        return cls(batch=b, sizes=s)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BuildProfile:
-        try:
-            return cls(batch=tuple(d["batch"]), sizes=tuple(tuple(s) for s in d["sizes"]))  # type: ignore[arg-type]
-        except (KeyError, TypeError) as e:
-            raise ArtifactError(f"malformed profile in manifest: {d!r} ({e})") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"batch": list(self.batch), "sizes": [list(s) for s in self.sizes]}
-
-    def shapes(self, channels: int) -> tuple[tuple[int, int, int, int], ...]:
-        """(min, opt, max) NCHW shapes of 'noisy'."""
-        return tuple((n, channels, h, w) for n, (h, w) in zip(self.batch, self.sizes, strict=True))
-
-    def check_multiple(self, multiple: int) -> None:
-        if multiple > 1 and any(d % multiple for s in self.sizes for d in s):
-            raise ConfigError(
-                f"this model needs height and width multiples of {multiple}; profile sizes are {self.sizes}"
-            )
-
-    def to_input_profile(self, channels: int, size_multiple: int = 1) -> InputProfile:
-        (lo_b, opt_b, hi_b), (lo_s, opt_s, hi_s) = self.batch, self.sizes
-        return InputProfile(
-            channels=channels,
-            min_batch=lo_b,
-            max_batch=hi_b,
-            min_hw=tuple(lo_s),  # type: ignore[arg-type]
-            max_hw=tuple(hi_s),  # type: ignore[arg-type]
-            fixed_hw=tuple(lo_s) if lo_s == hi_s else None,  # type: ignore[arg-type]
-            size_multiple=size_multiple,
-            opt_batch=opt_b,
-            opt_hw=tuple(opt_s),  # type: ignore[arg-type]
-        )
-
-
-def _parse_size(text: str) -> Size:
-    try:
-        h, w = (int(v) for v in text.strip().lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size must look like 256x256 (height x width), got {text.strip()!r}") from None
-    return (h, w)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -285,7 +194,6 @@ def build_plan(
     """
     _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible, profile)
     trt = require("tensorrt", "Building a TensorRT plan")
-    from .tensorrt import gpu_identity  # here, not at the top: tensorrt.py imports this module
 
     gpu_name, compute_capability = gpu_identity(device)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)

@@ -18,7 +18,7 @@ def _skip_reason() -> str | None:
     if not available("tensorrt"):
         return "tensorrt is not installed (pip install 'addunet-edge[tensorrt]'; JetPack ships it)"
     try:
-        from addunet_edge.engines.tensorrt import gpu_identity
+        from addunet_edge.engines.cuda import gpu_identity
 
         gpu_identity()
     except AddUNetEdgeError as e:
@@ -63,7 +63,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from addunet_edge.checkpoint import save_checkpoint
-    from addunet_edge.engines.trt_build import BuildProfile, build_plan
+    from addunet_edge.engines.plan import BuildProfile
+    from addunet_edge.engines.trt_build import build_plan
     from addunet_edge.export import export_onnx
     from addunet_edge.model import ModelConfig, build_model
 
@@ -124,7 +125,8 @@ def test_plan_matches_pytorch(artifacts: dict[str, Any], precision: str) -> None
 
 
 def test_timing_cache_is_written_and_reused(artifacts: dict[str, Any]) -> None:
-    from addunet_edge.engines.trt_build import BuildProfile, build_plan
+    from addunet_edge.engines.plan import BuildProfile
+    from addunet_edge.engines.trt_build import build_plan
 
     cache: Path = artifacts["cache"]
     assert cache.stat().st_size > 0
@@ -141,8 +143,9 @@ def test_timing_cache_is_written_and_reused(artifacts: dict[str, Any]) -> None:
 
 
 def test_wrong_precision_and_tampered_manifest_are_refused(artifacts: dict[str, Any], tmp_path: Path) -> None:
+    from addunet_edge.engines.plan import BuildProfile
     from addunet_edge.engines.tensorrt import TensorRTEngine
-    from addunet_edge.engines.trt_build import BuildProfile, build_plan
+    from addunet_edge.engines.trt_build import build_plan
     from addunet_edge.errors import ArtifactError, ConfigError
 
     with pytest.raises(ConfigError, match="int8"):
@@ -194,7 +197,7 @@ def test_torch_cuda_tensors_are_served_without_host_copies(artifacts: dict[str, 
 
 
 def test_cuda_graph_replays_the_same_result(artifacts: dict[str, Any]) -> None:
-    from addunet_edge.engines.tensorrt import TensorRTEngine, time_inference
+    from addunet_edge.engines.tensorrt import TensorRTEngine
 
     if not (available("cuda.bindings.runtime") or available("cuda.cudart")):
         pytest.skip("CUDA graphs need cuda-python; only pycuda is installed here")
@@ -206,7 +209,7 @@ def test_cuda_graph_replays_the_same_result(artifacts: dict[str, Any]) -> None:
         for _ in range(2):  # capture, then replay; another shape in between recaptures
             np.testing.assert_allclose(graphed(a).denoised, expected_a, atol=1e-5)
             np.testing.assert_allclose(graphed(b).denoised, expected_b, atol=1e-5)
-        latencies = time_inference(graphed, (2, 1, 64, 64), 5, 2, include_copies=True, use_cuda_graph=True)
+        latencies = graphed.time_inference((2, 1, 64, 64), 5, 2, include_copies=True, use_cuda_graph=True)
     assert len(latencies) == 5 and all(0 < ms < 10_000 for ms in latencies)
 
 

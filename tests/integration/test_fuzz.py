@@ -326,12 +326,12 @@ def test_checkpoint_loading_with_mutated_safetensors_headers(scratch: Path) -> N
 
 
 def test_resume_state_with_random_json(scratch: Path) -> None:
-    from addunet_edge.training import TrainConfig, _load_last, _param_groups, _save_last, saved_state_dir
+    from addunet_edge.training import TrainConfig, _load_last, _save_last, param_groups, saved_state_dir
 
     folder = scratch / "last"
     torch.manual_seed(0)
     model = build_model(SMALL)
-    opt = torch.optim.AdamW(_param_groups(model, 1e-4), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-3)
     _save_last(folder, model, opt, SMALL, TrainConfig(epochs=1), 0, 1, 1, 1.0, 0.1)
     state_dir = saved_state_dir(scratch)
     assert state_dir is not None
@@ -352,7 +352,7 @@ def test_resume_state_with_random_json(scratch: Path) -> None:
             path.write_text(json.dumps(obj if name == which else genuine[name]))
         fresh = build_model(SMALL)
         only_package_errors(
-            lambda: _load_last(folder, fresh, torch.optim.AdamW(_param_groups(fresh, 1e-4), lr=1e-3), SMALL)
+            lambda: _load_last(folder, fresh, torch.optim.AdamW(param_groups(fresh, 1e-4), lr=1e-3), SMALL)
         )
 
     check()

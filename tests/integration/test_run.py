@@ -287,7 +287,7 @@ def test_gstreamer_example_says_what_is_missing(onnx_model):
 
 # -- deepstream-config ---------------------------------------------------------------------------------
 def _plan_with_manifest(tmp_path: Path, precision: str) -> Path:
-    from addunet_edge.engines.trt_build import PLAN_KIND
+    from addunet_edge.engines.plan import PLAN_KIND
 
     plan = tmp_path / f"model.{precision}.plan"
     plan.write_bytes(b"serialized engine bytes")  # only the manifest is read: nvinfer loads the plan itself

@@ -238,10 +238,10 @@ def test_minutes_budget_is_replanned_from_the_time_left() -> None:
 
 def _resume_state_tensors(out: Path) -> dict[str, torch.Tensor]:
     """The weights and optimizer tensors of `out`'s resume state, read through the loader (layout-agnostic)."""
-    from addunet_edge.training import _load_last, _optimizer_tensors, _param_groups
+    from addunet_edge.training import _load_last, _optimizer_tensors, param_groups
 
     model = build_model(TINY)
-    opt = torch.optim.AdamW(_param_groups(model, 1e-4), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-3)
     _load_last(out / LAST, model, opt, TINY)
     return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **_optimizer_tensors(opt)[0]}
 

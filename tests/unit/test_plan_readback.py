@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from addunet_edge.engines.plan import PlanLayers, check_layers, format_summary, read_layers
-from addunet_edge.engines.trt_build import BuildProfile, _validate_options
+from addunet_edge.engines.plan import BuildProfile, PlanLayers, check_layers, format_summary, read_layers
+from addunet_edge.engines.trt_build import _validate_options
 from addunet_edge.errors import ArtifactError, BudgetError, ConfigError
 
 INT8 = "Thirty-two wide channel vectorized row major Int8 format"
@@ -108,7 +108,7 @@ def test_info_shows_each_layer_of_a_plan(tmp_path) -> None:
 
     from addunet_edge.artifacts import write_manifest
     from addunet_edge.cli import app
-    from addunet_edge.engines.trt_build import PLAN_KIND
+    from addunet_edge.engines.plan import PLAN_KIND
 
     layers = read_layers(
         _engine(_layer("enc0.conv1", "CaskConvolution", INT8, INT8), _layer("head", "Conv", HALF, FLOAT))

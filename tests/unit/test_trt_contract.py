@@ -13,13 +13,15 @@ from typer.testing import CliRunner
 
 from addunet_edge._lazy import available
 from addunet_edge.artifacts import manifest_path, write_manifest
-from addunet_edge.engines.tensorrt import (
-    TensorRTEngine,
+from addunet_edge.engines.plan import (
+    PLAN_KIND,
+    BuildProfile,
     check_plan_compatibility,
     input_profile_from_manifest,
     read_plan_manifest,
 )
-from addunet_edge.engines.trt_build import PLAN_KIND, BuildProfile, build_plan
+from addunet_edge.engines.tensorrt import TensorRTEngine
+from addunet_edge.engines.trt_build import build_plan
 from addunet_edge.errors import ArtifactError, ConfigError, MissingDependencyError, ShapeError
 
 REPO = Path(__file__).resolve().parents[2]

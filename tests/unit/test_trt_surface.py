@@ -28,7 +28,7 @@ grep, so a new module is checked too):
    - `if _major(trt) >= 11:` (any comparison of `_major(...)`, or of a variable whose name ends in `major`,
      with an int literal), as a statement or a conditional expression: its branches are checked only against
      the versions whose major version takes that branch.
-3. CUDA: every `cudaX(...)` called on the runtime module (from `_import_cudart()`) exists in every listed
+3. CUDA: every `cudaX(...)` called on the runtime module (from `import_cudart()`) exists in every listed
    cuda-python with as many parameters as we pass; every `Enum.member` read from it exists in every one; every
    attribute read on a value a runtime call returned (through `_call`) is a field of some runtime struct.
 """
@@ -51,7 +51,7 @@ PASS_THROUGH = {"_checked"}  # helpers that return their first argument (after a
 TRT_IMPORT = re.compile(
     r"""require\(\s*["']tensorrt["']|import_module\(\s*["']tensorrt["']\)|^\s*(import|from) tensorrt\b""", re.M
 )
-CUDA_IMPORT = re.compile(r"_import_cudart\(|cuda\.bindings|\bcudart\b")
+CUDA_IMPORT = re.compile(r"\bimport_cudart\(|cuda\.bindings|\bcudart\b")
 # (d) of the rule: names distinctive enough to be TensorRT's when an untracked object carries them
 API_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*|[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 _OPS: dict[type, Callable[[int, int], bool]] = {
@@ -188,7 +188,7 @@ class Analysis:
             func_name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if func_name in ("require", "import_module") and isinstance(first, ast.Constant):
                 return "trt" if first.value == "tensorrt" else None
-            if func_name == "_import_cudart":
+            if func_name in ("import_cudart", "_import_cudart"):
                 return "cuda"
             if func_name == "hasattr" and len(args) == 2 and isinstance(args[1], ast.Constant):
                 return f"hasattr:{args[1].value}"
@@ -565,7 +565,7 @@ def test_rule_checks_tensorrt_callbacks_and_cuda_calls() -> None:
         "    return Monitor()\n\n\n"
         'def go():\n    make(require("tensorrt", "x"))\n\n\n'
         "def cuda():\n"
-        "    rt = _import_cudart()\n"
+        "    rt = import_cudart()\n"
         "    rt.cudaMemcpyAsync(1, 2, 3, rt.cudaMemcpyKind.cudaMemcpyHostToDevice)\n"
         "    rt.cudaMemcpyKind.cudaMemcpyHostToDevize\n"
         "    rt.cudaMallocPitchy(4)\n"
@@ -592,6 +592,7 @@ def test_the_engine_modules_are_really_analyzed() -> None:
     """Guards against a vacuous pass: the analysis sees the calls we know are there."""
     build = {(u.what, u.name) for u in analyze((PACKAGE / "engines" / "trt_build.py").read_text())}
     run = {(u.what, u.name) for u in analyze((PACKAGE / "engines" / "tensorrt.py").read_text())}
+    cuda = {(u.what, u.name) for u in analyze((PACKAGE / "engines" / "cuda.py").read_text())}
     assert {
         ("trt", "create_network"),
         ("trt", "STRONGLY_TYPED"),
@@ -612,9 +613,11 @@ def test_the_engine_modules_are_really_analyzed() -> None:
         ("trt", "set_tensor_address"),
         ("trt", "execute_async_v3"),
         ("trt", "nptype"),
+    } <= run
+    assert {
         ("cuda-function", "cudaMemcpyAsync"),
         ("cuda-function", "cudaGraphInstantiate"),
         ("cuda-member", "cudaMemcpyKind.cudaMemcpyDeviceToHost"),
         ("cuda-member", "cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal"),
         ("cuda-field", "major"),
-    } <= run
+    } <= cuda
