@@ -31,11 +31,6 @@ _PERCENTILE_BINS = 16384  # fine enough that the 99.999th percentile is not just
 _ENTROPY_BINS = 2048  # TensorRT's entropy calibrator uses 2048 bins of |x| and 128 quantized levels
 _ENTROPY_LEVELS = 128
 _ENTROPY_STRIDE = 4  # candidate thresholds every 4 bins: 4x faster, same answer to a bin or two
-# ONNX Runtime's WeightBiasQuantization pass (every optimisation level) rewrites a float conv bias into int32 with
-# scale = input scale * weight scale computed in the scales' own dtype: with the float16 scales of a tensorrt
-# int8 model that product underflows and the bias overflows (-4 dB on the quickstart model). TensorRT does
-# no such thing, so the graph is run without it, as written.
-ORT_DISABLED_OPTIMIZERS: tuple[str, ...] = ("WeightBiasQuantization",)
 
 
 class CalibrationSet:
@@ -186,19 +181,13 @@ def prepare_model(path: str | Path) -> Any:
     quantizers need. Weight initializers shared by several nodes get one copy each, because int8 biases
     are scaled per consumer. The result depends only on the file, so ranges and Q/DQ agree on names.
     """
+    from ..engines.ort import ort_session
+
     onnx = require("onnx", "calibration")
-    ort = require("onnxruntime", "calibration")
     load_onnx(path)
     with tempfile.TemporaryDirectory(prefix="addunet-prep-") as tmp:
         out = Path(tmp) / "prepared.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ArtifactError(f"ONNX Runtime cannot load {path}: {e}") from None
+        ort_session(path, optimization="basic", optimized_model_path=out)
         model = onnx.load(str(out))
     _unshare_initializers(model)
     strip_unused_opsets(model)
@@ -273,18 +262,9 @@ def activation_tensors(model: Any) -> list[str]:
 
 def session(model: Any, threads: int = 0) -> Any:
     """A CPU ONNX Runtime session on a ModelProto or a path; ArtifactError when ORT refuses it."""
-    ort = require("onnxruntime", "calibration")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    try:
-        return ort.InferenceSession(
-            src, so, providers=["CPUExecutionProvider"], disabled_optimizers=ORT_DISABLED_OPTIMIZERS
-        )
-    except Exception as e:
-        raise ArtifactError(f"ONNX Runtime cannot run the model: {e}") from None
+    from ..engines.ort import ort_session
+
+    return ort_session(model, threads=threads)
 
 
 # --- ranges ---------------------------------------------------------------------------------------

@@ -18,6 +18,57 @@ _PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+# ONNX Runtime's WeightBiasQuantization pass (every optimisation level) rewrites a float conv bias into int32 with
+# scale = input scale * weight scale computed in the scales' own dtype: with the float16 scales of a tensorrt
+# int8 model that product underflows and the bias overflows (-4 dB on the quickstart model). TensorRT does
+# no such thing, so every session runs the graph without it, as written (an unknown name is ignored).
+DISABLED_OPTIMIZERS: tuple[str, ...] = ("WeightBiasQuantization",)
+
+
+def ort_session(
+    model: Any,
+    *,
+    providers: tuple[str, ...] = ("cpu",),
+    threads: int = 0,
+    optimization: str = "all",
+    optimized_model_path: str | Path | None = None,
+) -> Any:
+    """The one way the package opens an ONNX Runtime session, on a path or a ModelProto: the same optimizer
+    settings everywhere (engine, calibration, export parity), and ArtifactError when ORT refuses the model."""
+    ort = require("onnxruntime", "ONNX Runtime inference")
+    if optimization not in _OPT_LEVELS:
+        raise ArtifactError(f"optimization must be one of {_OPT_LEVELS}, got {optimization!r}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if optimized_model_path is not None:
+        opts.optimized_model_filepath = str(optimized_model_path)
+    available = set(ort.get_available_providers())
+    wanted = [_PROVIDERS.get(p, p) for p in providers]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(sorted(available))}); "
+            "install onnxruntime-gpu for CUDA / TensorRT providers"
+        )
+    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    name = model if isinstance(model, (str, Path)) else "the model"
+    try:
+        return ort.InferenceSession(
+            source, sess_options=opts, providers=wanted, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+        )
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt models
+        raise ArtifactError(f"{name} cannot be loaded by onnxruntime: {e}") from None
 
 
 class OnnxRuntimeEngine(Engine):
@@ -47,33 +98,13 @@ class OnnxRuntimeEngine(Engine):
         self._info: EngineInfo | None = None
 
     def _activate(self) -> None:
-        ort = require("onnxruntime", "the onnxruntime backend")
-        opts = ort.SessionOptions()
-        if self.threads > 0:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        if self.optimized_model_path is not None:
-            opts.optimized_model_filepath = str(self.optimized_model_path)
-        available = set(ort.get_available_providers())
-        wanted = [_PROVIDERS.get(p, p) for p in self.providers]
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            from ..errors import MissingDependencyError
-
-            raise MissingDependencyError(
-                f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(sorted(available))}); "
-                "install onnxruntime-gpu for CUDA / TensorRT providers"
-            )
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt models
-            raise ArtifactError(f"{self.path} cannot be loaded by onnxruntime: {e}") from None
+        self._session = ort_session(
+            self.path,
+            providers=self.providers,
+            threads=self.threads,
+            optimization=self.optimization,
+            optimized_model_path=self.optimized_model_path,
+        )
         self._info = self._describe()
 
     def _describe(self) -> EngineInfo:
