@@ -87,6 +87,7 @@ def make_precision_onnx(
     sigma: float = DEFAULT_CALIBRATION_SIGMA,
     exclude_nodes: tuple[str, ...] = (),
     budget: Int8Budget | None = None,
+    dla: bool = False,
     progress: bool = True,
     result: BuildResult | None = None,
 ) -> Path:
@@ -128,6 +129,7 @@ def make_precision_onnx(
             budget=budget,
             exclude_nodes=exclude_nodes,
             cache_dir=out_dir / ".calibration-cache",
+            dla=dla,
             progress=progress,
         )
         if result is not None:
@@ -187,6 +189,8 @@ def build(
         calibration_images=calibration_images,
         sigma=sigma,
         budget=budget,
+        # A DLA plan gets ModelOpt's DLA placement (the int8 ONNX is made for the DLA, not the GPU).
+        dla=(trt_options or {}).get("dla_core") is not None and chosen == "tensorrt",
         progress=progress,
         result=result,
     )

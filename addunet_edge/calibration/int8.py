@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .qdq import Target
+from .qdq import HighPrecision, Target
 from .ranges import DEFAULT_PERCENTILE, CalibrationSet
 from .sensitivity import (
     DEFAULT_METHOD,
@@ -128,12 +128,16 @@ def make_int8(
     exclude_op_types: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     batch_size: int = 8,
+    high_precision: HighPrecision | None = None,
+    dla: bool = False,
     progress: bool = True,
 ) -> CalibrationReport | FallbackReport:
     """Calibrate `fp32_onnx` on `data` and write the int8 Q/DQ model (and its manifest) to `out_path`.
 
     Without a budget: ranges by `method` ('auto' tries each and keeps the least drift). With one: the
-    most sensitive nodes stay float until it holds at every noise level of the budget.
+    most sensitive nodes stay float until it holds at every noise level of the budget. `high_precision`
+    (tensorrt target: fp16 by default, fp32 on request) is what runs outside the int8 ops; `dla` asks for
+    ModelOpt's DLA placement.
     """
     noisy, clean, labels = data.calibration_arrays(calibration_images, sigma)
     images = CalibrationSet(noisy, clean, labels, batch_size=batch_size, name=data.source)
@@ -144,6 +148,8 @@ def make_int8(
         "exclude_op_types": exclude_op_types,
         "cache_dir": cache_dir,
         "batch_size": batch_size,
+        "high_precision": high_precision,
+        "dla": dla,
         "progress": progress,
     }
     if budget is None:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import BudgetError, ConfigError, DataError
 from ..metrics import Drift, fmt_signed, psnr, score_outputs, worst
 from ..progress import progress_bar
-from .qdq import TARGETS, Target, quantizable_nodes, quantize_int8
+from .qdq import TARGETS, HighPrecision, Target, quantizable_nodes, quantize_int8
 from .ranges import (
     DEFAULT_PERCENTILE,
     INPUT_NAME,
@@ -160,6 +160,8 @@ def calibrate(
     calib_labels: np.ndarray | None = None,
     batch_size: int = 8,
     per_channel: bool = True,
+    high_precision: HighPrecision | None = None,
+    dla: bool = False,
     progress: bool = True,
 ) -> CalibrationReport:
     """Calibrate `onnx_fp32` on the noisy images and write the int8 model to `out_path`.
@@ -196,6 +198,8 @@ def calibrate(
                 per_channel=per_channel,
                 exclude_nodes=exclude_nodes,
                 exclude_op_types=exclude_op_types,
+                high_precision=high_precision,
+                dla=dla,
             )
             scores[m] = score_outputs(fp32_out, run_onnx(trial, hold.noisy, batch_size), hold.clean, hold.labels)
     best = max(scores, key=lambda m: _rank_key(scores[m]))
@@ -207,6 +211,8 @@ def calibrate(
         per_channel=per_channel,
         exclude_nodes=exclude_nodes,
         exclude_op_types=exclude_op_types,
+        high_precision=high_precision,
+        dla=dla,
     )
     return CalibrationReport(
         out_path=out,
@@ -243,6 +249,8 @@ def fallback_to_budget(
     max_float_fraction: float = MAX_FLOAT_FRACTION,
     on_miss: OnMiss = "raise",
     batch_size: int = 8,
+    high_precision: HighPrecision | None = None,
+    dla: bool = False,
     progress: bool = True,
 ) -> FallbackReport:
     """Quantize, then keep the most sensitive nodes in float, as few as possible, until the budget holds.
@@ -275,7 +283,8 @@ def fallback_to_budget(
     candidates = [n for n in quantizable_nodes(prepare_model(onnx_fp32), target) if n not in base]
     budget = _Budget(max_psnr_drift_db, max_acc_drop_pt)
     with tempfile.TemporaryDirectory(prefix="addunet-fallback-") as tmp:
-        trials = _Trials(onnx_fp32, Path(tmp), ranges, target, exclude_op_types, evaluation, batch_size)
+        quantize = {"exclude_op_types": exclude_op_types, "high_precision": high_precision, "dla": dla}
+        trials = _Trials(onnx_fp32, Path(tmp), ranges, target, quantize, evaluation, batch_size)
         before = trials.score(base)
         sensitivity: dict[str, float] = {}
         float_nodes: list[str] = []
@@ -319,6 +328,8 @@ def fallback_to_budget(
         target=target,
         exclude_nodes=[*base, *float_nodes],
         exclude_op_types=exclude_op_types,
+        high_precision=high_precision,
+        dla=dla,
     )
     return report
 
@@ -347,12 +358,12 @@ class _Trials:
         folder: Path,
         ranges: Ranges,
         target: Target,
-        exclude_op_types: Sequence[str],
+        quantize: dict[str, Any],
         evaluation: Sequence[EvalImages],
         batch_size: int,
     ) -> None:
         self.onnx_fp32, self.path, self.ranges, self.target = onnx_fp32, folder / "trial.onnx", ranges, target
-        self.exclude_op_types, self.evaluation, self.batch_size = exclude_op_types, evaluation, batch_size
+        self.quantize, self.evaluation, self.batch_size = quantize, evaluation, batch_size
         self.references = [run_onnx(onnx_fp32, g.noisy, batch_size) for g in evaluation]
 
     def score(self, excluded: Sequence[str]) -> Drift:
@@ -362,7 +373,7 @@ class _Trials:
             self.ranges,
             target=self.target,
             exclude_nodes=excluded,
-            exclude_op_types=self.exclude_op_types,
+            **self.quantize,
         )
         return worst(
             [

@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_acc_drop: Annotated[float | None, typer.Option(help="... and accuracy falls <= this (points).")] = None,
         cache_dir: Annotated[Path | None, typer.Option(help="Folder for the ranges cache.")] = None,
+        high_precision: Annotated[
+            str | None, typer.Option(help="tensorrt target: what runs outside int8, fp16 (default) | fp32.")
+        ] = None,
+        dla: Annotated[bool, typer.Option("--dla", help="tensorrt target: place Q/DQ for a DLA core.")] = False,
     ) -> None:
         """Calibrate on noisy training images and write an int8 ONNX with explicit Q/DQ plus its manifest."""
         from ..artifacts import output_lock
@@ -75,6 +79,8 @@ def register(app: typer.Typer) -> None:
                 exclude_op_types=exclude_op or (),
                 cache_dir=cache_dir if cache_dir is not None else out.parent / ".calibration-cache",
                 batch_size=batch_size,
+                high_precision=high_precision,  # type: ignore[arg-type]  # checked by quantize_int8
+                dla=dla,
             )
             for line in report.messages:
                 err_console.print(f"[yellow]warning:[/] {line}")
