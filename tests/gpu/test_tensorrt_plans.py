@@ -224,3 +224,16 @@ def test_every_plan_is_read_back_layer_by_layer(artifacts: dict[str, Any], preci
     assert layers.by_precision.get(precision, 0) > 0
     if precision == "int8":  # the strongly typed int8 plan keeps the ONNX's float types outside Q/DQ
         assert set(layers.by_precision) <= {"int8", "fp16", "fp32", "int/bool"}
+
+
+def test_doctor_self_test_builds_validates_and_benches_on_this_gpu(tmp_path: Path) -> None:
+    """The command a Jetson user runs first, end to end on real TensorRT."""
+    from rich.console import Console
+
+    from addunet_edge.doctor import collect_report
+    from addunet_edge.selftest import self_test
+
+    result = self_test(tmp_path / "st", collect_report(), Console(quiet=True))
+    assert result["passed"], (tmp_path / "st" / "report.md").read_text()
+    assert result["layers"]["int8"]["precision"].get("int8", 0) > 0
+    assert (tmp_path / "st" / "report.md").read_text().startswith("# addunet-edge self-test")

@@ -303,3 +303,33 @@ def test_the_extras_bound_tensorrt_and_cuda_python_per_platform() -> None:
     assert any(r.startswith("tensorrt-cu12>=10.3,<") for r in extras["tensorrt-cu12"])
     assert "cuda-python>=12.3,<13" in extras["tensorrt-cu12"] and "cuda-python>=13,<14" in extras["tensorrt-cu13"]
     assert extras["jetson"] == ["cuda-python>=12.6,<13"]  # JetPack 6's CUDA; its TensorRT comes from JetPack
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_self_test_names_everything_missing_and_runs_nothing(tmp_path: Path) -> None:
+    from addunet_edge.cli import app
+
+    result = CliRunner().invoke(app, ["doctor", "--self-test", "--out", str(tmp_path / "st")])
+    assert result.exit_code == MissingDependencyError.exit_code == 4, result.output
+    text = " ".join(result.output.split())
+    assert "the self-test needs" in text and "TensorRT" in text
+    assert not (tmp_path / "st" / "report.json").exists()
+
+
+def test_self_test_lists_each_missing_piece() -> None:
+    from addunet_edge.selftest import missing_for_self_test
+
+    ready = {
+        "gpu": {"present": True},
+        "tensorrt": {"importable": True, "error": None},
+        "cuda_bindings": {"cuda-python": False, "pycuda": True},
+        "tensorrt_install": {"command": "x", "why": "y"},
+    }
+    assert missing_for_self_test(ready) == []
+    bare = {
+        "gpu": {"present": False},
+        "tensorrt": {"importable": False, "error": "ModuleNotFoundError"},
+        "cuda_bindings": {"cuda-python": False, "pycuda": False},
+        "tensorrt_install": {"command": None, "why": "no driver"},
+    }
+    assert len(missing_for_self_test(bare)) == 3
