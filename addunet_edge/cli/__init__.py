@@ -32,6 +32,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "study",
     "run",
     "deepstream",
+    "triton",
     "doctor",
 )
 
