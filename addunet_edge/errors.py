@@ -67,3 +67,14 @@ class LockError(AddUNetEdgeError):
     """Another run is writing into the same output folder."""
 
     exit_code = 5
+
+
+class StallError(AddUNetEdgeError):
+    """A video, camera or stream delivered no usable frame for longer than the stall timeout.
+
+    Not a crash and not bad input: the outputs written before the stall are complete. A distinct code lets a
+    supervisor (systemd Restart=on-failure, a shell loop) restart a camera that stalled, where 0 would read
+    as a recording that ended the way its source meant it to.
+    """
+
+    exit_code = 6

@@ -21,23 +21,27 @@ starts on one. The class of a tiled frame comes from the mean of its tiles' logi
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import itertools
 import json
 import math
+import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
 from . import media
-from .artifacts import atomic_write_json, atomic_write_text
+from .artifacts import atomic_path, atomic_write_json
 from .engines.base import Engine, InputProfile
-from .errors import AddUNetEdgeError, ConfigError, DataError, ShapeError
+from .errors import AddUNetEdgeError, ConfigError, DataError, ShapeError, StallError
 
 BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DEFAULT_OVERLAP = 32
@@ -379,6 +383,168 @@ class MediaJob:
     output: Path
 
 
+class LatencyHistogram:
+    """Per-frame latencies in constant memory, for runs of any length: log-spaced bins 1 % wide.
+
+    A camera runs for days (millions of frames); keeping every latency to sort at the end would grow without
+    bound. A percentile read from the bins (the geometric middle of its bin) is within 0.5 % of the exact
+    one, as in HdrHistogram; count, mean, min and max are exact.
+    """
+
+    LOWEST_MS = 1e-3
+    GROWTH = 1.01
+    BINS = 2400  # 1 us up to 1e-3 * 1.01**2400 ms (about 6 hours); anything slower lands in the last bin
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS, dtype=np.int64)
+        self.count = 0
+        self.total_ms = 0.0
+        self.min_ms = math.inf
+        self.max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        ms = max(float(ms), 0.0)
+        i = 0 if ms <= self.LOWEST_MS else int(math.log(ms / self.LOWEST_MS) / math.log(self.GROWTH))
+        self.counts[min(i, self.BINS - 1)] += 1
+        self.count += 1
+        self.total_ms += ms
+        self.min_ms = min(self.min_ms, ms)
+        self.max_ms = max(self.max_ms, ms)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0 < q <= 100) in ms, None before the first frame."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q / 100.0 * self.count))
+        i = int(np.searchsorted(np.cumsum(self.counts), rank))
+        return min(max(self.LOWEST_MS * self.GROWTH ** (i + 0.5), self.min_ms), self.max_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.count == 0:
+            return {"frames": 0}
+        p50, p90, p99 = (self.percentile(q) for q in (50, 90, 99))
+        return {
+            "frames": self.count,
+            "p50": round(p50 or 0.0, 3),
+            "p90": round(p90 or 0.0, 3),
+            "p99": round(p99 or 0.0, 3),
+            "max": round(self.max_ms, 3),
+            "mean": round(self.total_ms / self.count, 3),
+        }
+
+
+# Broken frames listed one by one per stream (in `skipped` and the stream's `examples`); past these, only
+# counted by reason: a camera that sends a bad frame a minute must not grow the summary for days.
+_MAX_EXAMPLES = 20
+_MAX_REASONS = 16
+_OTHER_REASONS = "other reasons"
+INTERRUPTED = "interrupted"  # how a stream ended on Ctrl-C (the others are media.ENDED and its siblings)
+FAILED = "failed"
+
+
+@dataclass
+class StreamStats:
+    """One video, camera or stream: every frame read from it is either written or dropped with a reason.
+
+    frames_read == frames_written + frames_dropped once the stream is done, however it ended (frames the
+    reader had read but the run never processed, on Ctrl-C or an error, are dropped "not processed").
+    `ended` is one of media.ENDED, ENDED_EARLY, STALLED, MAX_FRAMES, STOPPED, or INTERRUPTED / FAILED.
+    Latency is per frame, from the run taking it from the reader to its output being written (denoising,
+    colour conversion and encoding; not the wait in the reader's queue of at most 4 frames).
+    """
+
+    input: str
+    output: str
+    frames_expected: int | None = None
+    outputs: list[str] = field(default_factory=list)  # the files finished so far: one, or one per segment
+    writing: str | None = None  # the file being written now (not in the summary until it is finished)
+    frames_read: int = 0
+    frames_written: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    broken: int = 0
+    ended: str = ""
+    message: str = ""
+    seconds: float = 0.0
+    reader_abandoned: bool = False
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Resident memory (MiB) after 1, 2, 4, 8, ... written frames and at the end: a flat tail over days of
+    # camera input says nothing leaks, in at most 40 numbers.
+    rss_mib: dict[str, float] = field(default_factory=dict)
+
+    def note_written(self) -> None:
+        self.frames_written += 1
+        n = self.frames_written
+        if n & (n - 1) == 0:
+            self.note_rss(str(n))
+
+    def note_rss(self, key: str) -> None:
+        rss = rss_mib()
+        if rss is not None:
+            self.rss_mib[key] = round(rss, 2)
+
+    @property
+    def frames_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def drop(self, reason: str, *, index: int | None = None, count: int = 1) -> None:
+        """Count `count` dropped frames; one with an index is a broken frame, listed while examples last."""
+        key = reason if reason in self.dropped or len(self.dropped) < _MAX_REASONS else _OTHER_REASONS
+        self.dropped[key] = self.dropped.get(key, 0) + count
+        if index is not None:
+            self.broken += count
+            if len(self.examples) < _MAX_EXAMPLES:
+                self.examples.append(f"frame {index}: {reason}")
+
+    def settle(self, reason: str) -> None:
+        """Count the frames read but neither written nor dropped (in flight when the run stopped) as dropped."""
+        in_flight = self.frames_read - self.frames_written - self.frames_dropped
+        if in_flight > 0:
+            self.drop(reason, count=in_flight)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "outputs": self.outputs,
+            "ended": self.ended,
+            "message": self.message,
+            "frames_expected": self.frames_expected,
+            "frames_read": self.frames_read,
+            "frames_written": self.frames_written,
+            "frames_dropped": self.frames_dropped,
+            "dropped_by_reason": self.dropped,
+            "broken_frames": self.examples,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.frames_written / self.seconds, 3) if self.seconds > 0 else 0.0,
+            "latency_ms": self.latency.to_dict(),
+            "reader_thread_abandoned": self.reader_abandoned,
+            "rss_mib_after_frames": self.rss_mib,
+        }
+
+
+def rss_mib() -> float | None:
+    """This process's resident memory now, in MiB (VmRSS; None where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 @dataclass
 class RunSummary:
     processed: list[str] = field(default_factory=list)
@@ -387,20 +553,37 @@ class RunSummary:
     frames: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    streams: list[StreamStats] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def stalled(self) -> list[StreamStats]:
+        return [s for s in self.streams if s.ended == media.STALLED]
+
+    @property
+    def ended_early(self) -> list[StreamStats]:
+        return [s for s in self.streams if s.ended == media.ENDED_EARLY]
+
     def to_dict(self) -> dict[str, Any]:
+        rss = peak_rss_mib()
         return {
             "processed": self.processed,
             "skipped": [{"input": s, "reason": r} for s, r in self.skipped],
             "partial": self.partial,
+            "stalled": [s.input for s in self.stalled],
+            "ended_early": [s.input for s in self.ended_early],
             "frames": self.frames,
+            "frames_dropped": sum(s.frames_dropped for s in self.streams),
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 3),
+            "latency_ms": self.latency.to_dict(),
+            "peak_rss_mib": None if rss is None else round(rss, 1),
             "interrupted": self.interrupted,
+            "streams": [s.to_dict() for s in self.streams],
         }
 
 
@@ -473,14 +656,77 @@ FrameCallback = Callable[[str, int, int | None], None]
 _SKIPPABLE = (AddUNetEdgeError, OSError, ValueError, RuntimeError)
 
 
+class _Taken(NamedTuple):
+    """A usable frame the run took from the reader, and when (the start of its latency)."""
+
+    index: int
+    image: np.ndarray
+    taken_at: float
+
+
+class _PredictionWriter:
+    """Per-frame rows appended to a hidden temporary file that is renamed into place when the run ends.
+
+    The rows are not kept in memory: a camera that runs for days makes millions of them. The file is
+    created with the first row (a run without one writes none); `close()` renames it (artifacts.atomic_path:
+    fsync, then rename). A later row reopens it: the rows so far are copied into a new temporary file.
+    """
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self._stack: contextlib.ExitStack | None = None
+        self._file: TextIO | None = None
+        self._csv: csv.DictWriter[str] | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self._file is None:
+            self._open(list(row))
+        assert self._file is not None
+        if self._csv is not None:
+            self._csv.writerow(row)
+        else:
+            self._file.write(json.dumps(row) + "\n")
+
+    def _open(self, fields: list[str]) -> None:
+        stack = contextlib.ExitStack()
+        tmp = stack.enter_context(atomic_path(self.path))
+        had_rows = self.path.is_file()
+        if had_rows:
+            shutil.copyfile(self.path, tmp)
+        # newline="" lets the csv module write its own line ends, as it asks.
+        self._file = stack.enter_context(open(tmp, "a", encoding="utf-8", newline=""))  # noqa: SIM115
+        self._stack = stack
+        if self.fmt == "csv":
+            self._csv = csv.DictWriter(self._file, fieldnames=fields)
+            if not had_rows:
+                self._csv.writeheader()
+
+    def close(self) -> None:
+        """Close and rename the file into place (it keeps every row written, Ctrl-C or not)."""
+        stack, self._stack, self._file, self._csv = self._stack, None, None, None
+        if stack is not None:
+            stack.close()
+
+
 class MediaRunner:
     """Run a FrameDenoiser over image files, folders, videos and streams, writing results under `out_dir`.
 
     Outputs are written atomically (images) or to a hidden temporary file renamed at the end (videos). On
     Ctrl-C the video being written is closed and renamed (so a camera recording keeps its frames; it is
     listed as partial), predictions and the summary are written, and KeyboardInterrupt propagates. A broken
-    file or frame is reported in `summary.skipped` and the run goes on; `failures` keeps the error of every
-    input skipped whole, so that a caller can tell bad input from other failures.
+    file is reported in `summary.skipped` and the run goes on; `failures` keeps the error of every input
+    skipped whole, so that a caller can tell bad input from other failures.
+
+    Videos, cameras and streams are read by a `media.FrameReader` thread: a frame that cannot be used is
+    dropped with its reason and the stream goes on; a source that delivers no usable frame for
+    `stall_timeout` seconds is ended there (its video kept, complete; `summary.stalled`); a file that ends
+    before the frame count its header announces is processed as far as it decodes (`summary.ended_early`).
+    Each gets a `StreamStats` in `summary.streams`: frames read, written and dropped, latency percentiles.
+    Nothing is kept per frame, except by the video file being written: an MP4 muxer holds an index entry per
+    frame (about 84 bytes) until the file is closed, and a file whose writer is killed (kill -9, power) has
+    no index and does not play. `segment_frames` bounds both: each video is written as files of that many
+    frames (<stem>_00000.mp4, <stem>_00001.mp4, ...), each renamed into place complete when it is full.
     """
 
     def __init__(
@@ -491,19 +737,28 @@ class MediaRunner:
         predictions: str = "csv",
         side_by_side: bool = False,
         max_frames: int | None = None,
+        stall_timeout: float = media.DEFAULT_STALL_TIMEOUT,
+        segment_frames: int | None = None,
         on_frame: FrameCallback | None = None,
     ) -> None:
         if predictions not in ("csv", "jsonl", "none"):
             raise ConfigError(f"predictions must be csv, jsonl or none, got {predictions!r}")
+        if not stall_timeout > 0:
+            raise ConfigError(f"the stall timeout must be > 0 seconds, got {stall_timeout}")
+        if segment_frames is not None and segment_frames < 1:
+            raise ConfigError(f"segment_frames must be >= 1, got {segment_frames}")
         self.denoiser = denoiser
         self.out_dir = Path(out_dir)
         self.predictions = predictions if denoiser.num_classes > 0 else "none"
         self.side_by_side = side_by_side
         self.max_frames = max_frames
+        self.stall_timeout = float(stall_timeout)
+        self.segment_frames = segment_frames
         self.on_frame = on_frame
         self.summary = RunSummary()
         self.failures: list[BaseException] = []
-        self._rows: list[dict[str, Any]] = []
+        path = self.predictions_path
+        self._predictions = None if path is None else _PredictionWriter(path, self.predictions)
 
     @property
     def predictions_path(self) -> Path | None:
@@ -534,105 +789,168 @@ class MediaRunner:
 
     # -- one input -------------------------------------------------------------------------------------
     def _image(self, job: MediaJob) -> None:
+        taken_at = time.perf_counter()
         frame = media.read_image(job.source)
         result = self.denoiser(frame)
-        media.write_image(self.out_dir / job.output, result.denoised)
-        if self.side_by_side:
-            media.write_image(self.out_dir / "side_by_side" / job.output, _side_by_side(frame, result.denoised))
-        self._record(job, 0, result)
-        self.summary.processed.append(job.source)
+        with ctrl_c_deferred():  # a written image is a processed one
+            media.write_image(self.out_dir / job.output, result.denoised)
+            if self.side_by_side:
+                media.write_image(self.out_dir / "side_by_side" / job.output, _side_by_side(frame, result.denoised))
+            self.summary.latency.add((time.perf_counter() - taken_at) * 1e3)
+            self._record(job, 0, result)
+            self.summary.processed.append(job.source)
 
     def _video(self, job: MediaJob) -> None:
-        source = media.open_video(job.source)
+        source = media.open_video(job.source, stall_timeout=self.stall_timeout)
+        stats = StreamStats(job.source, str(job.output), frames_expected=source.frame_count)
+        self.summary.streams.append(stats)
+        reader = media.FrameReader(source, stall_timeout=self.stall_timeout, max_frames=self.max_frames)
         writers: list[media.VideoWriter] = []
-        bad_frames: list[str] = []
-        written = 0
+        started = time.perf_counter()
         try:
-            batch = 1 if job.kind == "stream" else self.denoiser.batch_size
-            pending: list[np.ndarray] = []
-            index = 0
-            for frame in source.frames():
-                pending.append(frame)
-                if len(pending) >= batch:
-                    written += self._video_frames(job, source, pending, index, writers, bad_frames)
-                    index += len(pending)
-                    pending = []
-                if self.max_frames is not None and index + len(pending) >= self.max_frames:
-                    break
-            if pending:
-                written += self._video_frames(job, source, pending, index, writers, bad_frames)
+            try:
+                reader.start()
+                self._pump(job, reader, source.fps, writers, stats)
+            finally:
+                # The reader's thread is joined on every way out; frames it read that the run never took
+                # are counted as read (and, below, as dropped), so that no frame goes unaccounted for.
+                stats.frames_read += reader.close()
+                stats.reader_abandoned = reader.abandoned
+                stats.seconds = time.perf_counter() - started
+                stats.note_rss("end")
         except KeyboardInterrupt:
-            if written:
-                for w in writers:
-                    w.finish()
+            stats.ended, stats.message = INTERRUPTED, "interrupted (Ctrl-C)"
+            stats.settle("not processed: the run was interrupted")
+            if stats.frames_written:
+                _finish(writers, stats)
                 self.summary.partial.append(job.source)
             else:
                 for w in writers:
                     w.abort()
             raise
-        except BaseException:
+        except BaseException as e:
+            stats.ended, stats.message = FAILED, _reason(e)
+            stats.settle("not processed: the run failed")
             for w in writers:
                 w.abort()
             raise
-        finally:
-            source.close()
-        if not writers:
-            reason = "no frame could be read" if not bad_frames else bad_frames[0]
-            self.summary.skipped.append((job.source, reason))
-            # A broken frame may be the engine's fault as much as the file's: only an empty source is bad input.
-            error = DataError if not bad_frames else AddUNetEdgeError
-            self.failures.append(error(f"{job.source}: {reason}"))
+        end = reader.end or media.StreamEnd(media.STOPPED, "the run stopped reading")
+        stats.ended, stats.message = end.reason, end.message
+        if reader.abandoned:
+            stats.message += (
+                f"; the reader thread was still blocked in the source {reader.join_timeout:g} s later and was "
+                "left behind (it releases the source if its read ever returns)"
+            )
+        stats.settle("not processed: the run stopped")
+        if not stats.frames_written:
+            for w in writers:
+                w.abort()
+            self._nothing_written(job, stats)
             return
-        for w in writers:
-            w.finish()
+        _finish(writers, stats)
         self.summary.processed.append(job.source)
-        self.summary.skipped.extend((f"{job.source} {b}", "broken frame skipped") for b in bad_frames)
+        self.summary.skipped.extend((f"{job.source} {b}", "broken frame skipped") for b in stats.examples)
+        if stats.broken > len(stats.examples):
+            more = stats.broken - len(stats.examples)
+            self.summary.skipped.append(
+                (job.source, f"{more} more broken frames skipped (counted by reason in the summary's streams)")
+            )
 
-    def _video_frames(
+    def _nothing_written(self, job: MediaJob, stats: StreamStats) -> None:
+        if stats.ended == media.STALLED:
+            reason, error = stats.message, StallError(f"{job.source}: {stats.message}")
+        else:
+            reason = stats.examples[0] if stats.examples else f"no frame could be read ({stats.message})"
+            # A broken frame may be the engine's fault as much as the file's: only an empty source is bad input.
+            kind = DataError if not stats.examples else AddUNetEdgeError
+            error = kind(f"{job.source}: {reason}")
+        self.summary.skipped.append((job.source, reason))
+        self.failures.append(error)
+
+    def _pump(
         self,
         job: MediaJob,
-        source: media.VideoSource,
-        frames: list[np.ndarray],
-        first_index: int,
+        reader: media.FrameReader,
+        fps: float,
         writers: list[media.VideoWriter],
-        bad_frames: list[str],
-    ) -> int:
-        try:
-            results = self.denoiser.process_batch(frames)
-        except _SKIPPABLE:
-            # One bad frame must not take its batch down: retry one by one, skipping only the broken ones.
-            results = []
-            for k, frame in enumerate(frames):
-                try:
-                    results.append(self.denoiser(frame))
-                except _SKIPPABLE as e:
-                    bad_frames.append(f"frame {first_index + k}: {_reason(e)}")
-                    results.append(None)
-        done = 0
-        for k, (frame, result) in enumerate(zip(frames, results, strict=True)):
-            if result is None:
+        stats: StreamStats,
+    ) -> None:
+        """Take frames from the reader until the source ends, stalls or reaches max_frames."""
+        # A camera's frame should leave as soon as it arrives; a file's frames can wait for a full batch.
+        batch_size = 1 if job.kind == "stream" else self.denoiser.batch_size
+        pending: list[_Taken] = []
+        for item in reader:
+            stats.frames_read += 1
+            if item.image is None:
+                stats.drop(item.problem or "unusable frame", index=item.index)
                 continue
-            if not writers:
-                h, w = result.denoised.shape[:2]
-                writers.append(media.VideoWriter(self.out_dir / job.output, source.fps, (w, h), color=True))
-                if self.side_by_side:
-                    path = self.out_dir / "side_by_side" / job.output
-                    writers.append(media.VideoWriter(path, source.fps, (2 * w, h), color=True))
-            writers[0].write(result.denoised)
-            if self.side_by_side:
-                writers[1].write(_side_by_side(frame, result.denoised))
-            self._record(job, first_index + k, result)
-            done += 1
-        return done
+            pending.append(_Taken(item.index, item.image, time.perf_counter()))
+            if len(pending) >= batch_size:
+                self._video_frames(job, fps, pending, writers, stats)
+                pending = []
+        if pending:
+            self._video_frames(job, fps, pending, writers, stats)
 
-    def _record(self, job: MediaJob, frame_index: int, result: FrameResult) -> None:
+    def _video_frames(
+        self, job: MediaJob, fps: float, taken: list[_Taken], writers: list[media.VideoWriter], stats: StreamStats
+    ) -> None:
+        frames = [t.image for t in taken]
+        results: list[FrameResult | None]
+        try:
+            results = list(self.denoiser.process_batch(frames))
+        except _SKIPPABLE:
+            # One bad frame must not take its batch down: retry one by one, dropping only the broken ones.
+            results = []
+            for t in taken:
+                try:
+                    results.append(self.denoiser(t.image))
+                except _SKIPPABLE as e:
+                    stats.drop(_reason(e), index=t.index)
+                    results.append(None)
+        for t, result in zip(taken, results, strict=True):
+            if result is not None:
+                with ctrl_c_deferred():
+                    self._write_frame(job, fps, t, result, writers, stats)
+
+    def _write_frame(
+        self,
+        job: MediaJob,
+        fps: float,
+        t: _Taken,
+        result: FrameResult,
+        writers: list[media.VideoWriter],
+        stats: StreamStats,
+    ) -> None:
+        """Write one frame (opening or rotating its file) and count it: run with Ctrl-C held back."""
+        if writers and self.segment_frames is not None and writers[0].frames_written >= self.segment_frames:
+            _finish(writers, stats)  # a full segment: complete on disk, its index out of memory
+        if not writers:
+            name = job.output
+            if self.segment_frames is not None:
+                name = name.with_name(f"{name.stem}_{len(stats.outputs):05d}{name.suffix}")
+            h, w = result.denoised.shape[:2]
+            writers.append(media.VideoWriter(self.out_dir / name, fps, (w, h), color=True))
+            if self.side_by_side:
+                path = self.out_dir / "side_by_side" / name
+                writers.append(media.VideoWriter(path, fps, (2 * w, h), color=True))
+            stats.writing = str(name)
+        writers[0].write(result.denoised)
+        stats.note_written()
+        if self.side_by_side:
+            writers[1].write(_side_by_side(t.image, result.denoised))
+        latency_ms = (time.perf_counter() - t.taken_at) * 1e3
+        stats.latency.add(latency_ms)
+        self.summary.latency.add(latency_ms)
+        self._record(job, t.index, result, stats.writing)
+
+    def _record(self, job: MediaJob, frame_index: int, result: FrameResult, output: str | None = None) -> None:
         self.summary.frames += 1
-        if self.predictions != "none" and result.class_index is not None:
-            self._rows.append(
+        if self._predictions is not None and result.class_index is not None:
+            self._predictions.add(
                 {
                     "input": job.source,
                     "frame": frame_index,
-                    "output": str(job.output),
+                    "output": output or str(job.output),
                     "class_index": result.class_index,
                     "confidence": round(float(result.confidence or 0.0), 6),
                 }
@@ -641,17 +959,45 @@ class MediaRunner:
             self.on_frame(job.source, self.summary.frames, None)
 
     def _write_reports(self) -> None:
-        path = self.predictions_path
-        if path is not None and self._rows:
-            if self.predictions == "csv":
-                buf = io.StringIO()
-                writer = csv.DictWriter(buf, fieldnames=list(self._rows[0]))
-                writer.writeheader()
-                writer.writerows(self._rows)
-                atomic_write_text(path, buf.getvalue())
-            else:
-                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self._rows))
-        atomic_write_json(self.out_dir / "run_summary.json", self.summary.to_dict())
+        try:
+            if self._predictions is not None:
+                self._predictions.close()
+        finally:
+            atomic_write_json(self.out_dir / "run_summary.json", self.summary.to_dict())
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise it: for work that must not stop half done.
+
+    Python raises KeyboardInterrupt at the first line after a C call returns; after cv2 has written a frame,
+    that line is the one that counts it, and a Ctrl-C during the encode would leave the file holding a frame
+    the summary does not (it did, in a test). So writing, counting and recording a frame go together.
+    Only in the main thread, and only over Python's own SIGINT handler: anything else is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:  # raised even over an error of the block's own: the user asked to stop
+            raise KeyboardInterrupt
+
+
+def _finish(writers: list[media.VideoWriter], stats: StreamStats) -> None:
+    """Close and rename the file being written (and its side-by-side twin); it joins the stream's outputs."""
+    for w in writers:
+        w.finish()
+    writers.clear()
+    if stats.writing is not None:
+        stats.outputs.append(stats.writing)
+        stats.writing = None
 
 
 def _reason(e: BaseException) -> str:

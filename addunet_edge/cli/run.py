@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,8 @@ from rich.table import Table
 from .. import media
 from ..artifacts import output_lock
 from ..engines import backend_for, options_for
-from ..errors import AddUNetEdgeError, ConfigError, DataError
-from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, MediaRunner, RunSummary
+from ..errors import AddUNetEdgeError, ConfigError, DataError, StallError
+from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, LatencyHistogram, MediaRunner, RunSummary, StreamStats
 from ..progress import progress_bar
 from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console
 
@@ -36,8 +37,26 @@ _RUN_HELP_PARAGRAPHS = (
     "Robustness: a file or frame that cannot be read is reported and skipped. Every image is written "
     "atomically; a video is written to a hidden temporary file and renamed when done. On Ctrl-C the video "
     "being written is closed and kept (a camera recording ends that way) and is listed as partial.",
+    "Streams: a video, camera or stream is read on a thread of its own. A frame that cannot be used (no "
+    "image, another size or pixel type) is dropped with its reason and the stream goes on; a file that ends "
+    "before the frame count its header announces (truncated) is processed as far as it decodes and listed as "
+    "ended early (exit code 0); a source that delivers no usable frame for --stall-timeout seconds is ended "
+    "there, its video kept complete, and the run exits with code 6 once every input is done. "
+    "out/run_summary.json has, per stream, the frames read, written and dropped (by reason), how it ended, "
+    "and latency percentiles (p50 / p90 / p99, ms per frame from taking it to writing its output).",
+    "Long runs: an MP4 keeps an index entry per frame in memory (about 84 bytes) until it is closed, and one "
+    "cut off by a kill or a power loss does not play. --segment-frames N writes each video or stream as "
+    "files of N frames, out/<stem>_00000.mp4 and on, each complete as soon as it is full: memory stays flat "
+    "and a crash costs at most the segment being written.",
 )
 RUN_HELP = "\n\n".join(_RUN_HELP_PARAGRAPHS)
+
+
+def _latency_text(latency: LatencyHistogram) -> str:
+    p50, p90, p99 = (latency.percentile(q) for q in (50, 90, 99))
+    if p50 is None or p90 is None or p99 is None:
+        return "-"
+    return f"p50 {p50:.1f} / p90 {p90:.1f} / p99 {p99:.1f} ms"
 
 
 def _print_summary(summary: RunSummary, out: Path) -> None:
@@ -45,13 +64,37 @@ def _print_summary(summary: RunSummary, out: Path) -> None:
     table.add_row("processed", str(len(summary.processed)))
     table.add_row("frames", str(summary.frames))
     table.add_row("frames per second", f"{summary.fps:.2f}")
+    table.add_row("latency per frame", _latency_text(summary.latency))
     table.add_row("skipped", str(len(summary.skipped)))
     if summary.partial:
         table.add_row("partial (interrupted)", ", ".join(summary.partial))
     console.print(table)
+    for stream in summary.streams:
+        line = (
+            f"{stream.input}: {stream.frames_read} frames read, {stream.frames_written} written, "
+            f"{stream.frames_dropped} dropped; {stream.ended}: {stream.message}"
+        )
+        style = "yellow" if stream.ended in (media.STALLED, media.ENDED_EARLY) or stream.frames_dropped else "dim"
+        err_console.print(f"[{style}]stream[/] {escape(line)}", soft_wrap=True)
     for source, reason in summary.skipped:
         text = reason if reason.startswith(f"{source}:") else f"{source}: {reason}"
         err_console.print(f"[yellow]skipped[/] {escape(text)}", soft_wrap=True)
+
+
+def _outputs_text(stream: StreamStats, out: Path) -> str:
+    if len(stream.outputs) == 1:
+        return f"{out / stream.outputs[0]} is complete"
+    return f"its {len(stream.outputs)} files {out / stream.outputs[0]} .. {Path(stream.outputs[-1]).name} are complete"
+
+
+def _stall_error(summary: RunSummary, out: Path) -> StallError:
+    """Exit code 6 for a run whose streams stalled after writing something (see errors.StallError)."""
+    parts = [
+        f"{s.input} stalled after {s.frames_written} written frames ({s.message}); "
+        + (_outputs_text(s, out) if s.frames_written else "nothing was written for it")
+        for s in summary.stalled
+    ]
+    return StallError("; ".join(parts) + f"; {out / 'run_summary.json'} says what was processed")
 
 
 _USAGE = "addunet-edge run MODEL INPUT... --out DIR (MODEL is a checkpoint folder, .onnx or .plan)"
@@ -137,6 +180,22 @@ def register(app: typer.Typer) -> None:
         max_frames: Annotated[
             int | None, typer.Option("--max-frames", help="Stop each video or stream after this many frames.")
         ] = None,
+        stall_timeout: Annotated[
+            float,
+            typer.Option(
+                "--stall-timeout",
+                help="Seconds a video, camera or stream may deliver no usable frame before it is ended "
+                "(its video kept complete; exit code 6).",
+            ),
+        ] = media.DEFAULT_STALL_TIMEOUT,
+        segment_frames: Annotated[
+            int | None,
+            typer.Option(
+                "--segment-frames",
+                help="Write each video or stream as files of this many frames (<stem>_00000.mp4, ...), each "
+                "complete when full: for cameras left running for days.",
+            ),
+        ] = None,
         threads: ThreadsOpt = 0,
         device: DeviceOpt = "cpu",
     ) -> None:
@@ -145,6 +204,10 @@ def register(app: typer.Typer) -> None:
         inputs = _check_positionals(artifact, inputs or [])
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
+        if not 0 < stall_timeout < math.inf:  # also refuses nan
+            raise ConfigError(f"--stall-timeout must be a number of seconds > 0, got {stall_timeout}")
+        if segment_frames is not None and segment_frames < 1:
+            raise ConfigError(f"--segment-frames must be >= 1, got {segment_frames}")
         options = options_for(artifact, device, threads)
         with output_lock(out), open_engine(artifact, **options) as engine:
             denoiser = FrameDenoiser(engine, tile=tile, overlap=overlap, batch_size=batch_size)
@@ -162,6 +225,8 @@ def register(app: typer.Typer) -> None:
                 predictions=predictions,
                 side_by_side=side_by_side,
                 max_frames=max_frames,
+                stall_timeout=stall_timeout,
+                segment_frames=segment_frames,
                 on_frame=on_frame,
             )
             try:
@@ -171,3 +236,5 @@ def register(app: typer.Typer) -> None:
                 _print_summary(runner.summary, out)
         if not runner.summary.processed:
             raise _nothing_processed(runner.failures)
+        if runner.summary.stalled:
+            raise _stall_error(runner.summary, out)
