@@ -435,6 +435,10 @@ def test_stall_timeout_must_be_a_positive_number(onnx_model, tmp_path):
 
 
 # -- Ctrl-C during a stream --------------------------------------------------------------------------------
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_stream_closes_the_video_cleanly(onnx_model, short_stream, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -445,6 +449,9 @@ def test_ctrl_c_during_a_stream_closes_the_video_cleanly(onnx_model, short_strea
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts this suite in the background ignores SIGINT, and its children inherit that:
+        # give the run Python's own Ctrl-C handling, as a terminal would.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
