@@ -80,10 +80,10 @@ def _gpus_from_cuda_bindings() -> list[dict[str, str]]:
 
     cuda = open_cuda("doctor")
     try:
-        name, cc = cuda.properties()
+        gpu = cuda.properties()
     finally:
         cuda.close()
-    return [{"name": name, "compute_capability": cc}]
+    return [{"name": gpu.name, "compute_capability": gpu.compute_capability, "sm_count": str(gpu.sm_count)}]
 
 
 def _gpus_from_nvidia_smi() -> list[dict[str, str]]:

@@ -112,7 +112,8 @@ def system_info(device: str, threads: int, command: str | None) -> dict[str, Any
         with contextlib.suppress(Exception):
             from ..engines.cuda import gpu_identity
 
-            info["gpu"], info["gpu_compute_capability"] = gpu_identity(device_index(device))
+            gpu = gpu_identity(device_index(device))
+            info["gpu"], info["gpu_compute_capability"] = gpu.name, gpu.compute_capability
     return info
 
 

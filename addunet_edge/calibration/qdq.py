@@ -191,7 +191,7 @@ def _quantize_modelopt(
         onnx.save(model, str(src))
         _write_calibration_cache(cache, ranges)
         try:
-            with _quiet_ort_advice():
+            with _quiet_ort_advice(), _ort_registries_kept():
                 mq.quantize(
                     str(src),
                     quantize_mode="int8",
@@ -219,6 +219,30 @@ def _quantize_modelopt(
         qmodel = onnx.load(str(dst))
     _float_inputs_for(qmodel, set(exclude), set(exclude_ops))
     return qmodel
+
+
+@contextlib.contextmanager
+def _ort_registries_kept() -> Iterator[None]:
+    """Undo what ModelOpt does to ONNX Runtime's quantizer on the way out.
+
+    ModelOpt removes operators (Relu, Concat, Pad, ...) from ONNX Runtime's module-level op registries to shape
+    its own placement, and never puts them back: a cpu-target int8 made after a tensorrt one in the same
+    process then came out differently. The dicts are restored in place (other modules hold them by reference).
+    """
+    from onnxruntime.quantization import registry
+
+    kept = {
+        name: dict(table)
+        for name, table in vars(registry).items()
+        if name.endswith("Registry") and isinstance(table, dict)
+    }
+    try:
+        yield
+    finally:
+        for name, saved in kept.items():
+            table = getattr(registry, name)
+            table.clear()
+            table.update(saved)
 
 
 def _float_inputs_for(model: Any, names: set[str], op_types: set[str]) -> None:

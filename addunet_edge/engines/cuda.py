@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._lazy import available, install_hint
 from ..errors import DeviceError, MissingDependencyError
+
+
+class GpuProperties(NamedTuple):
+    """What a plan's manifest records of the GPU that built it."""
+
+    name: str
+    compute_capability: str  # 'major.minor'
+    sm_count: int
 
 
 def import_cudart() -> Any | None:
@@ -49,10 +57,10 @@ class CudaPython:
             raise DeviceError(f"CUDA error in {what}: {message}")
         return rest[0] if len(rest) == 1 else tuple(rest)
 
-    def properties(self) -> tuple[str, str]:
+    def properties(self) -> GpuProperties:
         prop = self._call(self.rt.cudaGetDeviceProperties(self.device), "cudaGetDeviceProperties")
         name = prop.name.split(b"\0", 1)[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
-        return name.strip(), f"{prop.major}.{prop.minor}"
+        return GpuProperties(name.strip(), f"{prop.major}.{prop.minor}", int(prop.multiProcessorCount))
 
     def malloc(self, nbytes: int) -> int:
         return int(self._call(self.rt.cudaMalloc(nbytes), "cudaMalloc"))
@@ -141,9 +149,10 @@ class PyCuda:
         self.ctx = self.dev.retain_primary_context()
         self.ctx.push()
 
-    def properties(self) -> tuple[str, str]:
+    def properties(self) -> GpuProperties:
         major, minor = self.dev.compute_capability()
-        return self.dev.name().strip(), f"{major}.{minor}"
+        sms = int(self.dev.get_attribute(self.drv.device_attribute.MULTIPROCESSOR_COUNT))
+        return GpuProperties(self.dev.name().strip(), f"{major}.{minor}", sms)
 
     def malloc(self, nbytes: int) -> Any:
         return self.drv.mem_alloc(nbytes)
@@ -214,8 +223,8 @@ def open_cuda(purpose: str, device: int = 0) -> Cuda:
     )
 
 
-def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, 'major.minor' compute capability) of `device`, as recorded in plan manifests."""
+def gpu_identity(device: int = 0) -> GpuProperties:
+    """Name, 'major.minor' compute capability and SM count of `device`, as recorded in plan manifests."""
     cuda = open_cuda("reading the GPU's name", device)
     try:
         return cuda.properties()

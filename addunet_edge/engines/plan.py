@@ -14,6 +14,7 @@ TensorRT.
 from __future__ import annotations
 
 import json
+import platform
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -297,17 +298,56 @@ def _cc_tuple(cc: str) -> tuple[int, ...]:
     return _version_tuple(cc)
 
 
+@dataclass(frozen=True)
+class PlanMachine:
+    """What a plan is bound to besides TensorRT's version: the GPU model and its SM count, the DLA cores, the
+    CPU architecture and the operating system.
+
+    The name alone cannot tell Jetsons apart: an AGX Orin (16 SMs, 2 DLA cores) and an Orin Nano (8 or 4 SMs,
+    no DLA) both report "Orin", compute capability 8.7, and a plan tuned on one is not valid on the other.
+    `sm_count` and `dla_cores` are None where they were not read (a manifest from before they were recorded,
+    or a check made before a TensorRT runtime exists); a None is not compared.
+    """
+
+    gpu_name: str
+    compute_capability: str
+    sm_count: int | None = None
+    dla_cores: int | None = None
+    cpu_arch: str = field(default_factory=platform.machine)
+    os: str = field(default_factory=platform.system)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's `gpu` and `host` entries."""
+        gpu = {"name": self.gpu_name, "compute_capability": self.compute_capability, "sm_count": self.sm_count}
+        return {"gpu": {**gpu, "dla_cores": self.dla_cores}, "host": {"cpu_arch": self.cpu_arch, "os": self.os}}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> PlanMachine:
+        gpu, host = manifest.get("gpu") or {}, manifest.get("host") or {}
+        return cls(
+            gpu_name=str(gpu.get("name")),
+            compute_capability=str(gpu.get("compute_capability")),
+            sm_count=gpu.get("sm_count"),
+            dla_cores=gpu.get("dla_cores"),
+            cpu_arch=str(host.get("cpu_arch", "")),
+            os=str(host.get("os", "")),
+        )
+
+    def describe(self) -> str:
+        sms = f", {self.sm_count} SMs" if self.sm_count is not None else ""
+        return f"{self.gpu_name} (compute capability {self.compute_capability}{sms})"
+
+
 def check_plan_compatibility(
     manifest: dict[str, Any],
     trt_version: str,
-    gpu_name: str,
-    compute_capability: str,
+    here: PlanMachine,
     *,
     plan_sha256: str | None = None,
 ) -> None:
-    """Refuse (ArtifactError) a plan whose manifest says it cannot run with this TensorRT on this GPU.
+    """Refuse (ArtifactError) a plan whose manifest says it cannot run with this TensorRT on this machine.
 
-    `compute_capability` is 'major.minor'. `plan_sha256`, when given, is compared with the manifest's hash.
+    `here` is this machine. `plan_sha256`, when given, is compared with the manifest's hash.
     """
     name = manifest.get("artifact", "the plan")
     if manifest.get("kind") != PLAN_KIND:
@@ -334,21 +374,41 @@ def check_plan_compatibility(
                 f"{name} was built with TensorRT {built_version}, this machine has TensorRT {trt_version}; "
                 f"a plan only runs on the TensorRT version that built it: {REBUILD_HINT}"
             )
-    gpu = manifest["gpu"]
-    built_cc, built_name = str(gpu.get("compute_capability")), str(gpu.get("name"))
+    built = PlanMachine.from_manifest(manifest)
+    _check_host(name, built, here)
+    _check_dla(name, options.get("dla_core"), here)
     if options.get("hardware_compatible"):
-        if _cc_tuple(compute_capability) < _AMPERE:
+        if _cc_tuple(here.compute_capability) < _AMPERE:
             raise ArtifactError(
-                f"{name} is hardware-compatible (Ampere and newer) but this GPU, {gpu_name}, has compute "
-                f"capability {compute_capability}: {REBUILD_HINT}"
+                f"{name} is hardware-compatible (Ampere and newer) but this GPU, {here.gpu_name}, has compute "
+                f"capability {here.compute_capability}: {REBUILD_HINT}"
             )
         return
-    if built_cc != compute_capability or built_name != gpu_name:
+    same_sms = None in (built.sm_count, here.sm_count) or built.sm_count == here.sm_count
+    if (built.compute_capability, built.gpu_name) != (here.compute_capability, here.gpu_name) or not same_sms:
         raise ArtifactError(
-            f"{name} was built for {built_name} (compute capability {built_cc}); this GPU is {gpu_name} "
-            f"(compute capability {compute_capability}). TensorRT plans are specific to the GPU model: "
+            f"{name} was built for {built.describe()}; this GPU is {here.describe()}. TensorRT plans are "
+            f"specific to the GPU model (on a Jetson, the module: AGX Orin and Orin Nano share a name): "
             f"{REBUILD_HINT}"
         )
+
+
+def _check_host(name: str, built: PlanMachine, here: PlanMachine) -> None:
+    """A plan is native code for one CPU architecture and operating system (a manifest without them: not checked)."""
+    for what, was, now in (("CPU architecture", built.cpu_arch, here.cpu_arch), ("OS", built.os, here.os)):
+        if was and now and was != now:
+            raise ArtifactError(f"{name} was built on {what} {was}; this machine is {now}: {REBUILD_HINT}")
+
+
+def _check_dla(name: str, dla_core: Any, here: PlanMachine) -> None:
+    """A DLA plan needs its DLA core here; otherwise TensorRT only says it could not deserialize the plan."""
+    if dla_core is None or here.dla_cores is None or int(dla_core) < here.dla_cores:
+        return
+    has = f"{here.dla_cores} DLA cores" if here.dla_cores else "no DLA"
+    raise ArtifactError(
+        f"{name} runs on DLA core {dla_core}, and this machine has {has}: build it here (without --dla-core "
+        "where there is no DLA) with `addunet-edge build`"
+    )
 
 
 def read_plan_manifest(plan_path: str | Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from ..artifacts import sha256_bytes
 from ..errors import ArtifactError, DeviceError, MissingDependencyError, ShapeError
 from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo
 from .cuda import open_cuda
-from .plan import REBUILD_HINT, check_plan_compatibility, input_profile_from_manifest, read_plan_manifest
+from .plan import REBUILD_HINT, PlanMachine, check_plan_compatibility, input_profile_from_manifest, read_plan_manifest
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -45,8 +45,10 @@ class TensorRTEngine(Engine):
                 f"CUDA graph capture needs cuda-python (only pycuda is here): {install_hint('cuda')}"
             )
         self.manifest = read_plan_manifest(self.path)
-        self.gpu_name, self.compute_capability = self._cuda.properties()
-        check_plan_compatibility(self.manifest, self._trt.__version__, self.gpu_name, self.compute_capability)
+        gpu = self._cuda.properties()
+        self.gpu_name, self.compute_capability = gpu.name, gpu.compute_capability
+        self._machine = PlanMachine(gpu.name, gpu.compute_capability, gpu.sm_count)
+        check_plan_compatibility(self.manifest, self._trt.__version__, self._machine)
         self._profile = input_profile_from_manifest(self.manifest)
         self._info = self._describe()
         self._buffers: dict[str, _Buffer] = {}
@@ -90,13 +92,13 @@ class TensorRTEngine(Engine):
         if options.get("version_compatible"):
             # Version-compatible plans embed the lean runtime, which TensorRT only runs when allowed to.
             runtime.engine_host_code_allowed = True
+        plan = self.path.read_bytes()
+        # The hash was checked at construction; check the bytes actually loaded, in case the file changed since,
+        # and now that a runtime can say so, that the plan's DLA core exists here.
+        here = replace(self._machine, dla_cores=int(runtime.num_DLA_cores))
+        check_plan_compatibility(self.manifest, trt.__version__, here, plan_sha256=sha256_bytes(plan))
         if options.get("dla_core") is not None:
             runtime.DLA_core = int(options["dla_core"])
-        plan = self.path.read_bytes()
-        # The hash was checked at construction; check the bytes actually loaded, in case the file changed since.
-        check_plan_compatibility(
-            self.manifest, trt.__version__, self.gpu_name, self.compute_capability, plan_sha256=sha256_bytes(plan)
-        )
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise ArtifactError(f"TensorRT could not deserialize {self.path}; {REBUILD_HINT}")

@@ -32,7 +32,7 @@ from ..artifacts import (
 from ..errors import ArtifactError, ConfigError, DeviceError
 from .base import INPUT_NAME, OUTPUT_NAMES
 from .cuda import gpu_identity
-from .plan import PLAN_KIND, BuildProfile, PlanLayers, check_layers, format_summary, read_layers
+from .plan import PLAN_KIND, BuildProfile, PlanLayers, PlanMachine, check_layers, format_summary, read_layers
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _MAX_OPTIMIZATION_LEVEL = 5
@@ -195,7 +195,8 @@ def build_plan(
     _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible, profile)
     trt = require("tensorrt", "Building a TensorRT plan")
 
-    gpu_name, compute_capability = gpu_identity(device)
+    gpu = gpu_identity(device)
+    gpu_name, compute_capability = gpu.name, gpu.compute_capability
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
@@ -269,7 +270,7 @@ def build_plan(
         precision=precision,
         strongly_typed=True,
         tensorrt_version=trt.__version__,
-        gpu={"name": gpu_name, "compute_capability": compute_capability},
+        **PlanMachine(gpu_name, compute_capability, gpu.sm_count, io["dla_cores"]).to_manifest(),
         profile=profile.to_dict(),
         channels=io["channels"],
         num_classes=io["num_classes"] if io["num_classes"] is not None else source_manifest.get("num_classes"),
@@ -320,6 +321,7 @@ def _build(
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ArtifactError(f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(errors or ["(no detail)"]))
     io = _network_io(trt, network, onnx_path)
+    io["dla_cores"] = int(builder.num_DLA_cores)
     detected = _detected_precision(trt, network)
     if detected != precision:
         raise ConfigError(
@@ -419,13 +421,33 @@ def _configure_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
 
 
 def _load_timing_cache(config: Any, path: Path | None, logger: Any) -> Any:
+    """The timing cache to build with: `path`'s when it loads and fits this GPU and TensorRT, else a new one.
+
+    A cache only speeds the build up, so one that is unreadable, corrupt (TensorRT returns None or raises) or
+    from another GPU or TensorRT version is replaced by an empty cache with a warning, never a failed build;
+    the build then writes the new cache over it.
+    """
     if path is None:
         return None
-    data = path.read_bytes() if path.is_file() else b""
-    cache = _checked(config.create_timing_cache(data), "create_timing_cache")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        # A cache from another GPU or TensorRT version: start afresh rather than fail the build.
-        logger.log("WARNING", f"timing cache {path} does not match this GPU/TensorRT; starting a new one")
+    why = None
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError as e:
+        data, why = b"", f"cannot be read ({e.strerror or e})"
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception as e:  # the bindings raise on a blob they cannot parse (the type varies by version)
+            why = f"is corrupt ({type(e).__name__}: {e})"
+        else:
+            if cache is None:
+                why = "is corrupt (TensorRT could not read it)"
+            elif not config.set_timing_cache(cache, ignore_mismatch=False):
+                why, cache = "was made on another GPU or TensorRT version", None
+    if cache is None:
+        if why is not None:
+            logger.log("WARNING", f"timing cache {path} {why}; starting a new one")
         cache = _checked(config.create_timing_cache(b""), "create_timing_cache")
         config.set_timing_cache(cache, ignore_mismatch=False)
     return cache

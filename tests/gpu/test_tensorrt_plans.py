@@ -142,6 +142,51 @@ def test_timing_cache_is_written_and_reused(artifacts: dict[str, Any]) -> None:
     assert again.name == "cached.fp32.plan"
 
 
+def test_a_corrupt_timing_cache_starts_afresh_instead_of_failing_the_build(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    from addunet_edge.engines.plan import BuildProfile
+    from addunet_edge.engines.trt_build import build_plan
+
+    cache = tmp_path / "timing.cache"
+    garbage = b"not a timing cache" * 64
+    cache.write_bytes(garbage)
+    plan = build_plan(
+        artifacts["onnx"]["fp32"],
+        tmp_path,
+        precision="fp32",
+        profile=BuildProfile.parse(BATCH, SIZES),
+        timing_cache=cache,
+        optimization_level=1,
+    )
+    assert plan.is_file()
+    assert cache.stat().st_size > 0 and cache.read_bytes() != garbage  # replaced by the build's own cache
+    assert "starting a new one" in (tmp_path / "model.fp32.build.log").read_text()
+
+
+def test_the_manifest_records_the_machine_and_a_missing_dla_core_is_named(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    import platform
+
+    from addunet_edge.engines.cuda import gpu_identity
+    from addunet_edge.engines.tensorrt import TensorRTEngine
+    from addunet_edge.errors import ArtifactError
+
+    plan = artifacts["plans"]["fp16"]
+    manifest = json.loads((plan.parent / f"{plan.name}.manifest.json").read_text())
+    gpu = gpu_identity()
+    assert manifest["gpu"]["sm_count"] == gpu.sm_count > 0
+    assert isinstance(manifest["gpu"]["dla_cores"], int)
+    assert manifest["host"] == {"cpu_arch": platform.machine(), "os": platform.system()}
+    copy = tmp_path / plan.name
+    shutil.copy(plan, copy)
+    manifest["options"]["dla_core"] = manifest["gpu"]["dla_cores"]  # one core past the last this machine has
+    (tmp_path / f"{plan.name}.manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"DLA core \d+, and this machine has"), TensorRTEngine(copy) as engine:
+        engine(_images(1, 32, seed=9))
+
+
 def test_wrong_precision_and_tampered_manifest_are_refused(artifacts: dict[str, Any], tmp_path: Path) -> None:
     from addunet_edge.engines.plan import BuildProfile
     from addunet_edge.engines.tensorrt import TensorRTEngine

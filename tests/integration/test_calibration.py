@@ -239,6 +239,27 @@ def test_tensorrt_int8_is_modelopt_symmetric_per_channel_fp16_outside(fp32_w16: 
     assert np.max(np.abs(ref[0] - got[0])) < 0.05
 
 
+def test_a_tensorrt_int8_leaves_onnx_runtimes_quantizer_as_it_found_it(fp32: Path, data, tmp_path: Path) -> None:
+    """ModelOpt removes ops from ONNX Runtime's module-level quantizer registries; a cpu int8 made after a
+    tensorrt one in the same process (quickstart makes both) must come out as it does alone."""
+    from onnxruntime.quantization import registry
+
+    def tables() -> dict[str, dict]:
+        return {n: dict(t) for n, t in vars(registry).items() if n.endswith("Registry") and isinstance(t, dict)}
+
+    def ops(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+        return [(n.op_type, tuple(n.input)) for n in onnx.load(str(path)).graph.node]
+
+    ranges = collect_ranges(fp32, CalibrationSet(data[0]), "minmax", progress=False)
+    before = tables()
+    alone = quantize_int8(fp32, tmp_path / "alone.int8.cpu.onnx", ranges, target="cpu")
+    quantize_int8(fp32, tmp_path / "model.int8.tensorrt.onnx", ranges, target="tensorrt")
+    assert tables() == before
+    after = quantize_int8(fp32, tmp_path / "after.int8.cpu.onnx", ranges, target="cpu")
+    assert ops(after) == ops(alone)
+    assert all(np.array_equal(a, _inits(after)[k]) for k, a in _inits(alone).items())
+
+
 def test_tensorrt_int8_in_fp32_when_asked(fp32_w16: Path, data, tmp_path: Path) -> None:
     ranges = collect_ranges(fp32_w16, CalibrationSet(data[0]), "minmax", progress=False)
     out = quantize_int8(fp32_w16, tmp_path / "m.onnx", ranges, target="tensorrt", high_precision="fp32")

@@ -16,6 +16,7 @@ from addunet_edge.artifacts import manifest_path, write_manifest
 from addunet_edge.engines.plan import (
     PLAN_KIND,
     BuildProfile,
+    PlanMachine,
     check_plan_compatibility,
     input_profile_from_manifest,
     read_plan_manifest,
@@ -115,25 +116,25 @@ def test_input_profile_from_manifest_bounds_the_engine() -> None:
 
 # -- manifest checks ----------------------------------------------------------------------------------
 def test_compatible_plan_is_accepted() -> None:
-    check_plan_compatibility(plan_manifest(), TRT, "Orin", "8.7", plan_sha256="ab" * 32)
+    check_plan_compatibility(plan_manifest(), TRT, PlanMachine("Orin", "8.7"), plan_sha256="ab" * 32)
 
 
 def test_other_tensorrt_version_is_refused() -> None:
     with pytest.raises(ArtifactError, match=r"TensorRT 10\.3\.0\.30.*10\.7\.0\.23.*addunet-edge build"):
-        check_plan_compatibility(plan_manifest(), "10.7.0.23", "Orin", "8.7")
+        check_plan_compatibility(plan_manifest(), "10.7.0.23", PlanMachine("Orin", "8.7"))
 
 
 def test_version_compatible_plan_runs_on_later_tensorrt_only() -> None:
     manifest = plan_manifest(options={"version_compatible": True, "hardware_compatible": False})
-    check_plan_compatibility(manifest, "10.7.0.23", "Orin", "8.7")
+    check_plan_compatibility(manifest, "10.7.0.23", PlanMachine("Orin", "8.7"))
     with pytest.raises(ArtifactError, match=r"TensorRT 10\.3\.0\.30"):
-        check_plan_compatibility(manifest, "10.2.0.19", "Orin", "8.7")
+        check_plan_compatibility(manifest, "10.2.0.19", PlanMachine("Orin", "8.7"))
 
 
 @pytest.mark.parametrize(("name", "cc"), [("NVIDIA GeForce RTX 4090", "8.9"), ("Orin", "8.6"), ("Xavier", "8.7")])
 def test_other_gpu_is_refused(name: str, cc: str) -> None:
     with pytest.raises(ArtifactError, match=r"built for Orin \(compute capability 8\.7\).*addunet-edge build"):
-        check_plan_compatibility(plan_manifest(), TRT, name, cc)
+        check_plan_compatibility(plan_manifest(), TRT, PlanMachine(name, cc))
 
 
 def test_hardware_compatible_plan_needs_ampere_or_newer() -> None:
@@ -141,20 +142,70 @@ def test_hardware_compatible_plan_needs_ampere_or_newer() -> None:
         gpu={"name": "NVIDIA A100", "compute_capability": "8.0"},
         options={"version_compatible": False, "hardware_compatible": True},
     )
-    check_plan_compatibility(manifest, TRT, "NVIDIA H100", "9.0")
+    check_plan_compatibility(manifest, TRT, PlanMachine("NVIDIA H100", "9.0"))
     with pytest.raises(ArtifactError, match="Ampere"):
-        check_plan_compatibility(manifest, TRT, "Tesla T4", "7.5")
+        check_plan_compatibility(manifest, TRT, PlanMachine("Tesla T4", "7.5"))
+
+
+def test_a_jetson_module_is_told_apart_by_its_sm_count() -> None:
+    """AGX Orin and Orin Nano both say "Orin", compute capability 8.7: the SM count tells them apart."""
+    agx = plan_manifest(gpu={**ORIN, "sm_count": 16, "dla_cores": 2})
+    check_plan_compatibility(agx, TRT, PlanMachine("Orin", "8.7", sm_count=16))
+    with pytest.raises(ArtifactError, match=r"built for Orin \(compute capability 8\.7, 16 SMs\).*8 SMs"):
+        check_plan_compatibility(agx, TRT, PlanMachine("Orin", "8.7", sm_count=8))
+    # a manifest from before the SM count was recorded is still accepted on the same GPU model
+    check_plan_compatibility(plan_manifest(), TRT, PlanMachine("Orin", "8.7", sm_count=8))
+
+
+def test_a_plan_from_another_cpu_architecture_or_os_is_refused() -> None:
+    built_on = {"cpu_arch": "aarch64", "os": "Linux"}
+    manifest = plan_manifest(host=built_on)
+    check_plan_compatibility(manifest, TRT, PlanMachine("Orin", "8.7", cpu_arch="aarch64", os="Linux"))
+    with pytest.raises(ArtifactError, match=r"CPU architecture aarch64; this machine is x86_64"):
+        check_plan_compatibility(manifest, TRT, PlanMachine("Orin", "8.7", cpu_arch="x86_64", os="Linux"))
+    with pytest.raises(ArtifactError, match=r"OS Linux; this machine is Windows"):
+        check_plan_compatibility(manifest, TRT, PlanMachine("Orin", "8.7", cpu_arch="aarch64", os="Windows"))
+    hardware_compatible = plan_manifest(host=built_on, options={"hardware_compatible": True})
+    with pytest.raises(ArtifactError, match="CPU architecture"):  # hardware compatibility spans GPUs, not hosts
+        check_plan_compatibility(hardware_compatible, TRT, PlanMachine("Orin", "8.7", cpu_arch="x86_64", os="Linux"))
+
+
+@pytest.mark.parametrize(
+    ("dla_core", "cores", "refused"), [(1, 2, False), (1, 1, True), (0, 0, True), (None, 0, False)]
+)
+def test_a_dla_plan_needs_its_core_here(dla_core: int | None, cores: int, refused: bool) -> None:
+    manifest = plan_manifest(options={"dla_core": dla_core, "version_compatible": False})
+    here = PlanMachine("Orin", "8.7", dla_cores=cores)
+    if not refused:
+        check_plan_compatibility(manifest, TRT, here)
+        return
+    has = "no DLA" if cores == 0 else f"{cores} DLA cores"
+    with pytest.raises(ArtifactError, match=rf"DLA core {dla_core}, and this machine has {has}"):
+        check_plan_compatibility(manifest, TRT, here)
+    # before a TensorRT runtime has said how many cores there are (None), nothing is assumed
+    check_plan_compatibility(manifest, TRT, PlanMachine("Orin", "8.7"))
+
+
+def test_the_machine_round_trips_through_the_manifest() -> None:
+    here = PlanMachine("NVIDIA H100", "9.0", sm_count=132, dla_cores=0, cpu_arch="x86_64", os="Linux")
+    assert PlanMachine.from_manifest(here.to_manifest()) == here
+    assert here.to_manifest()["gpu"] == {
+        "name": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "sm_count": 132,
+        "dla_cores": 0,
+    }
 
 
 def test_hash_mismatch_and_malformed_manifests_are_refused() -> None:
     with pytest.raises(ArtifactError, match="does not match its manifest"):
-        check_plan_compatibility(plan_manifest(), TRT, "Orin", "8.7", plan_sha256="cd" * 32)
+        check_plan_compatibility(plan_manifest(), TRT, PlanMachine("Orin", "8.7"), plan_sha256="cd" * 32)
     with pytest.raises(ArtifactError, match="not a TensorRT plan"):
-        check_plan_compatibility(plan_manifest(kind="onnx"), TRT, "Orin", "8.7")
+        check_plan_compatibility(plan_manifest(kind="onnx"), TRT, PlanMachine("Orin", "8.7"))
     incomplete = plan_manifest()
     del incomplete["gpu"]
     with pytest.raises(ArtifactError, match="lacks 'gpu'"):
-        check_plan_compatibility(incomplete, TRT, "Orin", "8.7")
+        check_plan_compatibility(incomplete, TRT, PlanMachine("Orin", "8.7"))
 
 
 def test_plan_file_needs_its_manifest_and_matching_bytes(tmp_path: Path) -> None:
@@ -333,3 +384,60 @@ def test_self_test_lists_each_missing_piece() -> None:
         "tensorrt_install": {"command": None, "why": "no driver"},
     }
     assert len(missing_for_self_test(bare)) == 3
+
+
+# -- the timing cache: only a speed-up, so a bad one never fails a build ------------------------------------
+class _CacheConfig:
+    """Stands in for IBuilderConfig's two timing-cache calls, to drive `_load_timing_cache`'s own branches
+    (what TensorRT does with a corrupt cache is tested for real in tests/gpu/test_tensorrt_plans.py)."""
+
+    def __init__(self, on_blob: str) -> None:
+        self.on_blob, self.set_with = on_blob, []
+
+    def create_timing_cache(self, data: bytes) -> object | None:
+        if data and self.on_blob == "raise":
+            raise RuntimeError("Deserialization failed")
+        if data and self.on_blob == "none":
+            return None
+        return ("cache", data)
+
+    def set_timing_cache(self, cache: object, ignore_mismatch: bool) -> bool:
+        self.set_with.append(cache)
+        return not (self.on_blob == "mismatch" and cache != ("cache", b""))
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, severity: str, msg: str) -> None:
+        self.lines.append(f"{severity}: {msg}")
+
+
+@pytest.mark.parametrize(
+    ("on_blob", "why"),
+    [("raise", "is corrupt (RuntimeError"), ("none", "is corrupt"), ("mismatch", "another GPU or TensorRT")],
+)
+def test_a_bad_timing_cache_is_replaced_by_a_new_one(tmp_path: Path, on_blob: str, why: str) -> None:
+    from addunet_edge.engines.trt_build import _load_timing_cache
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"\x00garbage")
+    config, log = _CacheConfig(on_blob), _Log()
+    assert _load_timing_cache(config, path, log) == ("cache", b"")
+    assert config.set_with[-1] == ("cache", b"")
+    assert len(log.lines) == 1 and why in log.lines[0] and "starting a new one" in log.lines[0]
+
+
+def test_a_good_or_absent_timing_cache_is_used_quietly(tmp_path: Path) -> None:
+    from addunet_edge.engines.trt_build import _load_timing_cache
+
+    path = tmp_path / "timing.cache"
+    config, log = _CacheConfig("ok"), _Log()
+    assert _load_timing_cache(config, path, log) == ("cache", b"")  # none yet: a new one, no warning
+    path.write_bytes(b"entries")
+    assert _load_timing_cache(config, path, log) == ("cache", b"entries")
+    assert log.lines == [] and _load_timing_cache(config, None, log) is None
+    path.unlink()
+    path.mkdir()  # not a file: treated as absent
+    assert _load_timing_cache(config, path, log) == ("cache", b"")
