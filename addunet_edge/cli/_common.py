@@ -54,15 +54,38 @@ class Group(TyperGroup):
         return _flags_read_as_flags(super().get_params(ctx))
 
 
+def _caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `error`.
+
+    A library that catches broadly can turn Ctrl-C into an error of its own: torch.onnx.export, interrupted
+    inside its first import of torch._dynamo, evaluates `except torch._dynamo.exc.UserError` on the half-imported
+    module (an AttributeError) and reports "Failed to export the model" (TorchExportError).
+    """
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        if id(e) not in seen:
+            seen.add(id(e))
+            todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return False
+
+
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-    """Register `fn` on `app`; the package's own errors become one red line and their exit code."""
+    """Register `fn` on `app`; the package's own errors become one red line and their exit code; Ctrl-C exits 130."""
 
     def decorator(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
                 return fn(*args, **kw)
-            except AddUNetEdgeError as e:
+            except Exception as e:
+                if _caused_by_ctrl_c(e):
+                    err_console.print("[yellow]interrupted[/]: completed outputs were kept")
+                    raise typer.Exit(code=130) from None
+                if not isinstance(e, AddUNetEdgeError):
+                    raise
                 err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
                 raise typer.Exit(code=e.exit_code) from None
             except KeyboardInterrupt:
