@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,10 @@ from .engines.base import INPUT_NAME, OUTPUT_NAMES
 from .errors import ArtifactError, ParityError
 from .model import AddUNet, fold_batchnorm, gate_values
 
-# Opset 17: parsed by TensorRT 10.3 (JetPack 6, opsets 9-20) and TensorRT 11.x (9-25), has per-channel
-# Q/DQ (opset >= 13) and runs on every onnxruntime we support.
-OPSET = 17
+# Opset 18: the lowest the torch.export-based exporter writes natively (its op library is opset 18; asking
+# for less runs a version converter over the graph). TensorRT 10.3 (JetPack 6, opsets 9-20) and TensorRT
+# 11.x (9-25) both parse it, it has per-channel Q/DQ (opset >= 13) and every onnxruntime we support runs it.
+OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
 
@@ -116,31 +120,133 @@ def check_parity(
     return ParityReport(cases=tuple(cases), tolerance=tolerance)
 
 
-def _torch_export(model: Any, path: Path, in_channels: int, size: int) -> None:
+def torch_to_onnx(model: Any, path: str | Path, in_channels: int, size_multiple: int = 1) -> None:
+    """Write `model` (any module with the package's signature: noisy -> denoised, logits) to an ONNX file
+    through torch.export, the exporter PyTorch keeps: batch, height and width dynamic, weights inside the
+    file, nodes named by module path. No folding, simplification or parity check: `export_onnx` adds those."""
+    import onnx
     import torch
 
-    dummy = torch.rand(1, in_channels, size, size)
-    axes = {"batch": 0, "height": 2, "width": 3}
-    dynamic = {
-        INPUT_NAME: {i: n for n, i in axes.items()},
-        OUTPUT_NAMES[0]: {i: n for n, i in axes.items()},
-        OUTPUT_NAMES[1]: {0: "batch"},
-    }
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo, but it handles our dynamic H x W
-        # in one pass and produces a plain graph; dynamo gives the same graph after onnxslim.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
+    batch = torch.export.Dim("batch")
+    if size_multiple == 1:
+        height, width = torch.export.Dim("height"), torch.export.Dim("width")
+    else:
+        # Multi-scale graphs take multiples of 2**depth (the engines pad to one). Saying so keeps torch.export
+        # from refusing the shape guard of the padding branch and leaves that branch out of the graph; the
+        # input's dims then read '16*height', '16*width'.
+        height = size_multiple * torch.export.Dim("height")
+        width = size_multiple * torch.export.Dim("width")
+    # Batch 2 and a size well above the smallest: torch.export pins a dimension whose example is 1 (and a
+    # deepest feature map of size 1) to that value.
+    size = max(32, size_multiple * 2)
+    example = torch.rand(2, in_channels, size, size)
+    with _quiet_exporter():
+        program = torch.onnx.export(
             model,
-            (dummy,),
-            str(path),
-            dynamo=False,
+            (example,),
+            dynamo=True,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            do_constant_folding=True,
+            dynamic_shapes=({0: batch, 2: height, 3: width},),  # by position: any name for the argument
+            optimize=True,  # onnxscript's optimizer: constants folded, no dead nodes
+            verbose=False,
         )
+    if program is None:  # torch.onnx.export returns None only for the TorchScript exporter
+        raise ArtifactError("torch.onnx.export returned no program")
+    graph = program.model.graph
+    weights = sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
+    if weights > MAX_WEIGHT_BYTES:
+        raise ArtifactError(
+            f"the model's weights take {weights / 2**30:.2f} GiB; one ONNX file holds under 2 GiB, and the "
+            "precision tools (onnxslim, fp16, int8) need the weights inside it: use a smaller width or depth"
+        )
+    _tidy(program.model)
+    proto = program.model_proto
+    # torch.export's serializer repeats each initializer's type as a value_info entry. ONNX Runtime's float16
+    # converter turns that entry to float16 even where it keeps the initializer float32 (a node blocked for
+    # overflow), and the model then declares one tensor with two types ("Inferred elem type differs").
+    # onnxslim drops these entries; a graph that skips it must not carry them either. Initializers state
+    # their own types.
+    initializers = {t.name for t in proto.graph.initializer}
+    value_info = [v for v in proto.graph.value_info if v.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(value_info)
+    onnx.save(proto, str(path))
+
+
+# An ONNX file is one protobuf message, which cannot exceed 2 GiB; keep room for the graph itself.
+MAX_WEIGHT_BYTES = 2**31 - 2**26
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Mute two messages torch itself causes, which no user can act on: torch.onnx's op registry logs
+    'torchvision is not installed' for each torchvision op it skips (we use none), and torch.export's
+    pytree pickling warns that torch's own LeafSpec check is deprecated. Everything else gets through."""
+    import logging
+
+    def not_torchvision(record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
+
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry.addFilter(not_torchvision)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+            yield
+    finally:
+        registry.removeFilter(not_torchvision)
+
+
+def _tidy(model: Any) -> None:
+    """Names and metadata of an exported onnx_ir model, in place, as the TorchScript exporter wrote them.
+
+    Metadata goes: torch.export's holds stack traces with this machine's paths, so two exports of one
+    checkpoint on two machines would differ (and so would their hashes). Nodes are named by module path and
+    op type ('/stem/Conv', '/encoders.0/act/Clip', '/Sub_1') rather than 'node_conv2d_17': these are the
+    names users pass to --exclude, that int8 reports list and that TensorRT prints per layer. Tensors are
+    named after their node ('/stem/Conv_output_0'), as range caches and calibration messages show them.
+    """
+    taken: set[str] = set()
+    repeats: dict[str, int] = {}
+    for node in model.graph:
+        base = "/".join(["", *_module_path(node.metadata_props.get("pkg.torch.onnx.name_scopes")), node.op_type])
+        name = base
+        while name in taken:  # '/Clip', '/Clip_1', ... in graph order
+            repeats[base] = repeats.get(base, 0) + 1
+            name = f"{base}_{repeats[base]}"
+        taken.add(name)
+        node.name = name
+        node.metadata_props.clear()
+        for i, value in enumerate(node.outputs):
+            value.metadata_props.clear()
+            if not value.is_graph_output():
+                value.name = f"{name}_output_{i}"
+    for value in (*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()):
+        value.metadata_props.clear()
+    model.graph.metadata_props.clear()
+    model.metadata_props.clear()
+
+
+def _module_path(scopes: str | None) -> list[str]:
+    """torch.onnx's name scopes of a node ("['', 'classifier', 'classifier.fc', 'classifier.fc.0', 'linear']":
+    qualified module names, then the node) -> the TorchScript exporter's path ['classifier', 'fc', 'fc.0']."""
+    if not scopes:
+        return []
+    try:
+        names = ast.literal_eval(scopes)
+    except (ValueError, SyntaxError):
+        return []
+    path: list[str] = []
+    parent = ""
+    for qualified in names[1:-1]:
+        part = qualified.removeprefix(f"{parent}.") if parent else qualified
+        if part.isdigit() and path:  # a Sequential's child: 'fc.0', as TorchScript scoped it
+            part = f"{path[-1]}.{part}"
+        path.append(part)
+        parent = qualified
+    return path
 
 
 def simplify(path: Path) -> None:
@@ -183,8 +289,7 @@ def export_onnx(
     cfg = model.config
     export_model = prepare_for_export(model)
     with atomic_path(out_path) as tmp:
-        trace_size = max(32, cfg.size_multiple * 2)
-        _torch_export(export_model, tmp, cfg.in_channels, trace_size)
+        torch_to_onnx(export_model, tmp, cfg.in_channels, cfg.size_multiple)
         if simplify_graph:
             simplify(tmp)
         else:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")] = Path("model.fp32.onnx"),
         tolerance: Annotated[float, typer.Option(help="Max abs error allowed against PyTorch.")] = 1e-4,
     ) -> None:
-        """Export to ONNX (opset 17), check it, simplify it and prove it matches PyTorch."""
+        """Export to ONNX (opset 18, through torch.export), check it, simplify it and prove it matches PyTorch."""
         from rich.table import Table
 
         from ..artifacts import output_lock

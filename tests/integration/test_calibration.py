@@ -32,6 +32,7 @@ from addunet_edge.calibration import (  # noqa: E402
 )
 from addunet_edge.calibration.ranges import prepare_model  # noqa: E402
 from addunet_edge.errors import ArtifactError, BudgetError, ConfigError, DataError  # noqa: E402
+from addunet_edge.export import torch_to_onnx  # noqa: E402
 from addunet_edge.metrics import fmt_signed, psnr  # noqa: E402
 from addunet_edge.model import ModelConfig, build_model, fold_batchnorm  # noqa: E402
 
@@ -39,18 +40,8 @@ SIZE = 24
 
 
 def _export(model: torch.nn.Module, path: Path, channels: int = 1) -> Path:
-    model.eval()
-    dyn = {0: "n", 2: "h", 3: "w"}
-    torch.onnx.export(
-        model,
-        (torch.rand(2, channels, SIZE, SIZE),),
-        str(path),
-        input_names=["noisy"],
-        output_names=["denoised", "logits"],
-        dynamic_axes={"noisy": dyn, "denoised": dyn, "logits": {0: "n"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    """The package's torch.export path for any module with our signature (no folding, onnxslim or parity)."""
+    torch_to_onnx(model.eval(), path, channels)
     return path
 
 

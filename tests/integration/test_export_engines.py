@@ -48,12 +48,106 @@ def test_export_graph_io_opset_and_manifest(fp32: Path) -> None:
     assert [o.name for o in model.graph.output] == ["denoised", "logits"]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"] and dims[1].dim_value == 1
+    out_dims = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    assert out_dims == [["batch", 1, "height", "width"], ["batch", 10]]
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == OPSET
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"Softplus", "BatchNormalization"}, ops  # gates and norms folded at export
+    assert not [i for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert sorted(p.name for p in fp32.parent.iterdir() if p.name.startswith(fp32.name)) == [
+        fp32.name,
+        manifest_path(fp32).name,
+    ]  # weights inside the file: no external data beside it
     manifest = json.loads(manifest_path(fp32).read_text())
-    assert manifest["precision"] == "fp32" and manifest["parity"]["passed"]
+    assert manifest["precision"] == "fp32" and manifest["parity"]["passed"] and manifest["opset"] == OPSET
     assert {(c["batch"], c["height"]) for c in manifest["parity"]["cases"]} == {(1, 48), (3, 96)}
+
+
+def test_export_names_nodes_by_module_and_carries_no_paths(fp32: Path) -> None:
+    """Node names are the ones --exclude takes and TensorRT prints ('/head/Conv'), not torch.export's
+    'node_conv2d_7'; no node keeps torch.export's metadata (stack traces with this machine's paths)."""
+    model = onnx.load(str(fp32))
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names)
+    assert {"/stem/Conv", "/head/Conv", "/encoders.0/conv1/Conv", "/decoders.1/act/Clip", "/classifier/fc/Gemm"} <= set(
+        names
+    ), names
+    assert "/classifier/proj/proj.0/Conv" in names  # a Sequential's child, scoped as TorchScript did
+    assert not any(n.startswith("node_") for n in names), names
+    assert model.graph.node[0].output[0] == "/stem/Conv_output_0"
+    assert not any(n.metadata_props for n in model.graph.node) and not model.metadata_props
+    assert b"addunet_edge" not in fp32.read_bytes()  # no stack trace, no source path
+
+
+def test_export_uses_torch_export_and_no_deprecated_exporter(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TorchScript exporter is never asked for, none of its deprecation warnings is raised, and the
+    same checkpoint exports to the same bytes twice (nothing of the machine or the moment gets in)."""
+    import warnings
+
+    import torch
+
+    calls: list[dict[str, object]] = []
+    real = torch.onnx.export
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, _ = export_onnx(tiny_checkpoint, tmp_path / "a.fp32.onnx")
+    assert calls and all(c.get("dynamo") is True for c in calls), calls
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "TorchScript" in m or "legacy" in m.lower()], messages
+    second, _ = export_onnx(tiny_checkpoint, tmp_path / "b.fp32.onnx")
+    assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (48, 64), (256, 256)])
+def test_exported_graph_runs_any_batch_and_size(fp32: Path, height: int, width: int) -> None:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(0).random((batch, 1, height, width), dtype=np.float32)
+        denoised, logits = sess.run(None, {"noisy": x})
+        assert denoised.shape == x.shape and logits.shape == (batch, 10)
+
+
+def test_multiscale_export_takes_multiples_and_engines_pad(tmp_path: Path) -> None:
+    """A strided model's graph takes multiples of 2**depth (its dims say so); the engine pads the rest."""
+    import torch
+
+    from addunet_edge.checkpoint import save_checkpoint
+    from addunet_edge.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, depth=2, num_classes=10, resampling="stride")).eval()
+    save_checkpoint(tmp_path / "ck", model)
+    path, report = export_onnx(tmp_path / "ck", tmp_path / "ms.fp32.onnx")
+    assert report.passed and report.max_abs_error <= 1e-4
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "4*height", "4*width"]
+    x = np.random.default_rng(0).random((2, 1, 30, 21), dtype=np.float32)
+    with open_engine(path) as engine:
+        out = engine(x)
+    with torch.no_grad():
+        ref, _ = model(torch.from_numpy(x))
+    np.testing.assert_allclose(out.denoised, ref.numpy(), atol=1e-4)
+
+
+def test_a_model_too_large_for_one_file_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import addunet_edge.export as export_module
+
+    monkeypatch.setattr(export_module, "MAX_WEIGHT_BYTES", 1024)
+    with pytest.raises(ArtifactError, match="2 GiB"):
+        export_onnx(tiny_checkpoint, tmp_path / "big.fp32.onnx")
+    assert not list(tmp_path.iterdir())
 
 
 def test_engine_contract_over_every_backend(variants: dict[str, Path], tiny_checkpoint: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto
 
 from addunet_edge.build import make_precision_onnx
+from addunet_edge.export import OPSET
 
 OPS_DIR = Path(__file__).resolve().parents[1] / "data" / "onnx_tensorrt_ops"
 # ONNX element types as operators.md names them
@@ -124,7 +125,7 @@ def graphs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def test_support_lists_are_the_ones_we_expect() -> None:
     assert "10.3" in SUPPORT and any(v.startswith("11.") for v in SUPPORT), sorted(SUPPORT)
     for version, ((lo, hi), ops) in SUPPORT.items():
-        assert lo <= 17 <= hi, version  # the export opset (addunet_edge.export.OPSET)
+        assert lo <= OPSET <= hi, version  # the export opset
         assert {"Conv", "QuantizeLinear", "DequantizeLinear", "Cast"} <= set(ops), version
         assert "INT8" in ops["DequantizeLinear"] and "UINT8" not in ops["DequantizeLinear"], version
         assert not {"QLinearConv", "DynamicQuantizeLinear", "MatMulInteger"} & set(ops), version
