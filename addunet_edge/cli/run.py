@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import media
+from .. import media, video_io
 from ..artifacts import output_lock
 from ..engines import backend_for, options_for
 from ..errors import AddUNetEdgeError, ConfigError, DataError, StallError
-from ..pipeline import DEFAULT_OVERLAP, FrameDenoiser, LatencyHistogram, MediaRunner, RunSummary, StreamStats
+from ..media_runner import MediaRunner
+from ..pipeline import FrameDenoiser
 from ..progress import progress_bar
+from ..run_summary import LatencyHistogram, RunSummary, StreamStats
+from ..tiling import DEFAULT_OVERLAP
 from ._common import DeviceOpt, OutDir, ThreadsOpt, command, console, err_console
 
 _RUN_HELP_PARAGRAPHS = (
@@ -74,7 +77,7 @@ def _print_summary(summary: RunSummary, out: Path) -> None:
             f"{stream.input}: {stream.frames_read} frames read, {stream.frames_written} written, "
             f"{stream.frames_dropped} dropped; {stream.ended}: {stream.message}"
         )
-        style = "yellow" if stream.ended in (media.STALLED, media.ENDED_EARLY) or stream.frames_dropped else "dim"
+        style = "yellow" if stream.ended in (video_io.STALLED, video_io.ENDED_EARLY) or stream.frames_dropped else "dim"
         err_console.print(f"[{style}]stream[/] {escape(line)}", soft_wrap=True)
     for source, reason in summary.skipped:
         text = reason if reason.startswith(f"{source}:") else f"{source}: {reason}"
@@ -147,94 +150,128 @@ def _nothing_processed(failures: list[BaseException]) -> BaseException:
     return typer.Exit(code=1)
 
 
+# The arguments and options of `run`, in the order its --help lists them.
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint folder, .onnx or .plan.")]
+# Optional to the parser only, so that a lone photo gets told to come after the model (checked in run)
+# rather than click's "Missing argument".
+InputsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="INPUT",
+        help="One or more: images, folders, videos, camera index, /dev/videoN, URL, pipeline.",
+        show_default=False,
+    ),
+]
+TileOpt = Annotated[
+    int | None,
+    typer.Option("--tile", help="Tile size in pixels (default: whole frames if they fit)."),
+]
+OverlapOpt = Annotated[
+    int,
+    typer.Option("--overlap", help="Pixels shared by neighbouring tiles (>= 4x receptive radius)."),
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Tiles or frames per engine call.")]
+PredictionsOpt = Annotated[str, typer.Option("--predictions", help="Per-frame class file: csv | jsonl | none.")]
+SideBySideOpt = Annotated[
+    bool, typer.Option("--side-by-side", help="Also write input | denoised under out/side_by_side/.")
+]
+MaxFramesOpt = Annotated[
+    int | None, typer.Option("--max-frames", help="Stop each video or stream after this many frames.")
+]
+StallTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--stall-timeout",
+        help="Seconds a video, camera or stream may deliver no usable frame before it is ended "
+        "(its video kept complete; exit code 6).",
+    ),
+]
+SegmentFramesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--segment-frames",
+        help="Write each video or stream as files of this many frames (<stem>_00000.mp4, ...), each "
+        "complete when full: for cameras left running for days.",
+    ),
+]
+
+
+def _check_options(max_frames: int | None, stall_timeout: float, segment_frames: int | None) -> None:
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
+    if not 0 < stall_timeout < math.inf:  # also refuses nan
+        raise ConfigError(f"--stall-timeout must be a number of seconds > 0, got {stall_timeout}")
+    if segment_frames is not None and segment_frames < 1:
+        raise ConfigError(f"--segment-frames must be >= 1, got {segment_frames}")
+
+
+def _denoise_inputs(
+    artifact: Path,
+    out: Path,
+    inputs: list[str],
+    engine_options: dict[str, Any],
+    denoiser_options: dict[str, Any],
+    runner_options: dict[str, Any],
+) -> RunSummary:
+    """Open the engine, run every input through it with a progress bar, print the summary; returns it.
+
+    Raises what a run that processed nothing (exit 2 or 1) or whose streams stalled (exit 6) should raise.
+    """
+    from ..engines import open_engine
+
+    with output_lock(out), open_engine(artifact, **engine_options) as engine:
+        denoiser = FrameDenoiser(engine, **denoiser_options)
+        progress = progress_bar(True, status=True, unit="frames")
+        task = progress.add_task("denoising", total=None, status="0.0 fps")
+
+        def on_frame(source: str, frames: int, _total: int | None) -> None:
+            elapsed = progress.tasks[task].elapsed or 0.0
+            fps = frames / elapsed if elapsed > 0 else 0.0
+            progress.update(task, completed=frames, description=Path(source).name[-40:], status=f"{fps:.1f} fps")
+
+        runner = MediaRunner(denoiser, out, on_frame=on_frame, **runner_options)
+        try:
+            with progress:
+                runner.run(inputs)
+        finally:
+            _print_summary(runner.summary, out)
+    if not runner.summary.processed:
+        raise _nothing_processed(runner.failures)
+    if runner.summary.stalled:
+        raise _stall_error(runner.summary, out)
+    return runner.summary
+
+
 def register(app: typer.Typer) -> None:
     @command(app, "run", help=RUN_HELP)
     def run(
-        artifact: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint folder, .onnx or .plan.")],
+        artifact: ModelArg,
         out: OutDir,
-        # Optional to the parser only, so that a lone photo gets told to come after the model (checked below)
-        # rather than click's "Missing argument".
-        inputs: Annotated[
-            list[str] | None,
-            typer.Argument(
-                metavar="INPUT",
-                help="One or more: images, folders, videos, camera index, /dev/videoN, URL, pipeline.",
-                show_default=False,
-            ),
-        ] = None,
-        tile: Annotated[
-            int | None,
-            typer.Option("--tile", help="Tile size in pixels (default: whole frames if they fit)."),
-        ] = None,
-        overlap: Annotated[
-            int,
-            typer.Option("--overlap", help="Pixels shared by neighbouring tiles (>= 4x receptive radius)."),
-        ] = DEFAULT_OVERLAP,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles or frames per engine call.")] = 4,
-        predictions: Annotated[
-            str, typer.Option("--predictions", help="Per-frame class file: csv | jsonl | none.")
-        ] = "csv",
-        side_by_side: Annotated[
-            bool, typer.Option("--side-by-side", help="Also write input | denoised under out/side_by_side/.")
-        ] = False,
-        max_frames: Annotated[
-            int | None, typer.Option("--max-frames", help="Stop each video or stream after this many frames.")
-        ] = None,
-        stall_timeout: Annotated[
-            float,
-            typer.Option(
-                "--stall-timeout",
-                help="Seconds a video, camera or stream may deliver no usable frame before it is ended "
-                "(its video kept complete; exit code 6).",
-            ),
-        ] = media.DEFAULT_STALL_TIMEOUT,
-        segment_frames: Annotated[
-            int | None,
-            typer.Option(
-                "--segment-frames",
-                help="Write each video or stream as files of this many frames (<stem>_00000.mp4, ...), each "
-                "complete when full: for cameras left running for days.",
-            ),
-        ] = None,
+        inputs: InputsArg = None,
+        tile: TileOpt = None,
+        overlap: OverlapOpt = DEFAULT_OVERLAP,
+        batch_size: BatchSizeOpt = 4,
+        predictions: PredictionsOpt = "csv",
+        side_by_side: SideBySideOpt = False,
+        max_frames: MaxFramesOpt = None,
+        stall_timeout: StallTimeoutOpt = video_io.DEFAULT_STALL_TIMEOUT,
+        segment_frames: SegmentFramesOpt = None,
         threads: ThreadsOpt = 0,
         device: DeviceOpt = "cpu",
     ) -> None:
-        from ..engines import open_engine
-
         inputs = _check_positionals(artifact, inputs or [])
-        if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
-        if not 0 < stall_timeout < math.inf:  # also refuses nan
-            raise ConfigError(f"--stall-timeout must be a number of seconds > 0, got {stall_timeout}")
-        if segment_frames is not None and segment_frames < 1:
-            raise ConfigError(f"--segment-frames must be >= 1, got {segment_frames}")
-        options = options_for(artifact, device, threads)
-        with output_lock(out), open_engine(artifact, **options) as engine:
-            denoiser = FrameDenoiser(engine, tile=tile, overlap=overlap, batch_size=batch_size)
-            progress = progress_bar(True, status=True, unit="frames")
-            task = progress.add_task("denoising", total=None, status="0.0 fps")
-
-            def on_frame(source: str, frames: int, _total: int | None) -> None:
-                elapsed = progress.tasks[task].elapsed or 0.0
-                fps = frames / elapsed if elapsed > 0 else 0.0
-                progress.update(task, completed=frames, description=Path(source).name[-40:], status=f"{fps:.1f} fps")
-
-            runner = MediaRunner(
-                denoiser,
-                out,
-                predictions=predictions,
-                side_by_side=side_by_side,
-                max_frames=max_frames,
-                stall_timeout=stall_timeout,
-                segment_frames=segment_frames,
-                on_frame=on_frame,
-            )
-            try:
-                with progress:
-                    runner.run(inputs)
-            finally:
-                _print_summary(runner.summary, out)
-        if not runner.summary.processed:
-            raise _nothing_processed(runner.failures)
-        if runner.summary.stalled:
-            raise _stall_error(runner.summary, out)
+        _check_options(max_frames, stall_timeout, segment_frames)
+        _denoise_inputs(
+            artifact,
+            out,
+            inputs,
+            options_for(artifact, device, threads),
+            {"tile": tile, "overlap": overlap, "batch_size": batch_size},
+            {
+                "predictions": predictions,
+                "side_by_side": side_by_side,
+                "max_frames": max_frames,
+                "stall_timeout": stall_timeout,
+                "segment_frames": segment_frames,
+            },
+        )

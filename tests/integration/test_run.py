@@ -20,7 +20,8 @@ from addunet_edge import media
 from addunet_edge.artifacts import read_json, write_manifest
 from addunet_edge.engines.base import Engine, EngineInfo
 from addunet_edge.errors import ArtifactError, DataError, ShapeError
-from addunet_edge.pipeline import FrameDenoiser, MediaRunner
+from addunet_edge.media_runner import MediaRunner
+from addunet_edge.pipeline import FrameDenoiser
 
 cv2 = pytest.importorskip("cv2")
 torch = pytest.importorskip("torch")

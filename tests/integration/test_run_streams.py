@@ -1,7 +1,7 @@
 """`run` on long and broken streams: a soak through the camera / stream reader, and the faults a camera has.
 
-Every stream here goes through the code a camera goes through: `media.open_video` -> `cv2.VideoCapture` ->
-the `media.FrameReader` thread -> `MediaRunner` (stream jobs, one frame per engine call). The sources are
+Every stream here goes through the code a camera goes through: `video_io.open_video` -> `cv2.VideoCapture` ->
+the `video_io.FrameReader` thread -> `MediaRunner` (stream jobs, one frame per engine call). The sources are
 a generated video read as a `file://` URL and over HTTP (FFmpeg's network path, as RTSP takes), and
 scripted stand-ins for `cv2.VideoCapture(0)` for what only a driver does (a frame of the wrong size, a read
 that never returns). The model is the tiny trained checkpoint of conftest, exported to ONNX.
@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from addunet_edge import media
+from addunet_edge import video_io
 from addunet_edge.artifacts import read_json
 from addunet_edge.errors import StallError
-from addunet_edge.pipeline import LatencyHistogram
+from addunet_edge.run_summary import LatencyHistogram
 
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("torch")
@@ -158,7 +158,7 @@ def _soak(onnx_model: Path, video: Path, frames: int, out: Path, max_growth_mib:
     assert stream["input"] == video.resolve().as_uri() and stream["output"] == "stream0.mp4"
     segments = -(-frames // SEGMENT)
     assert stream["outputs"] == [f"stream0_{k:05d}.mp4" for k in range(segments)]
-    assert stream["ended"] == media.ENDED, stream["message"]
+    assert stream["ended"] == video_io.ENDED, stream["message"]
     # Every frame either written or counted as dropped; here none is dropped.
     assert stream["frames_read"] == frames == stream["frames_expected"]
     _accounted(stream)
@@ -304,7 +304,7 @@ def test_truncated_video_is_processed_as_far_as_it_decodes(onnx_model, tmp_path)
     summary = read_json(out / "run_summary.json")
     (stream,) = summary["streams"]
     _accounted(stream)
-    assert summary["ended_early"] == [str(cut)] and stream["ended"] == media.ENDED_EARLY
+    assert summary["ended_early"] == [str(cut)] and stream["ended"] == video_io.ENDED_EARLY
     assert stream["frames_expected"] == 40 and 10 < stream["frames_read"] < 40
     # What was decodable is written, into a complete file that decodes to its end.
     assert _video_info(out / "cut.avi") == (stream["frames_written"], HW)
@@ -378,7 +378,7 @@ def test_network_stream_that_stalls_ends_with_exit_6_and_a_complete_video(onnx_m
     summary = read_json(out / "run_summary.json")
     (stream,) = summary["streams"]
     _accounted(stream)
-    assert summary["stalled"] == [server.url] and stream["ended"] == media.STALLED
+    assert summary["stalled"] == [server.url] and stream["ended"] == video_io.STALLED
     assert 100 <= stream["frames_written"] < 200 and stream["frames_dropped"] == 0
     assert _video_info(out / "stream0.mp4") == (stream["frames_written"], HW)
     # FFmpeg's own read timeout (a second above the stall timeout) let the reader thread go: it was joined.

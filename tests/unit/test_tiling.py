@@ -11,15 +11,8 @@ from hypothesis import strategies as st
 
 from addunet_edge.engines.base import Engine, EngineInfo, InputProfile
 from addunet_edge.errors import ConfigError, ShapeError
-from addunet_edge.pipeline import (
-    BT601_LUMA,
-    FrameDenoiser,
-    axis_starts,
-    blend_tiles,
-    extract_tiles,
-    plan_tiles,
-    window_1d,
-)
+from addunet_edge.pipeline import BT601_LUMA, FrameDenoiser
+from addunet_edge.tiling import axis_starts, blend_tiles, extract_tiles, plan_tiles, window_1d
 
 
 def box_blur(x: np.ndarray, radius: int) -> np.ndarray:
