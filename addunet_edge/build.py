@@ -9,10 +9,18 @@ from typing import Any
 from ._lazy import available
 from .artifacts import read_manifest
 from .benchmarking.system import has_nvidia_gpu
-from .calibration.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_SIGMA, Int8Budget
+from .calibration.int8 import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_SIGMA,
+    DataSpec,
+    Int8Budget,
+    make_int8,
+)
+from .calibration.ranges import DEFAULT_PERCENTILE
+from .calibration.sensitivity import DEFAULT_METHOD, CalibrationReport, FallbackReport
+from .engines.plan_request import PRECISIONS
 from .errors import ConfigError, DeviceError, MissingDependencyError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 # The TensorRT profile when none is given: batch min,opt,max and HxW min,opt,max. 32x32 is the digits'
 # size, so validate can run the test split through the plan; nvinfer runs the optimum.
@@ -75,6 +83,49 @@ class BuildResult:
         return self.plan if self.plan is not None else self.onnx[self.precision]
 
 
+@dataclass(frozen=True)
+class Int8Settings:
+    """How `build` and `calibrate` make an int8 ONNX: make_int8's choices (its defaults where not given), with
+    the ranges cache beside the int8 ONNX unless `cache_dir` names another folder. `make` is the one call both
+    verbs make."""
+
+    target: str = "cpu"
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    sigma: float = DEFAULT_CALIBRATION_SIGMA
+    budget: Int8Budget | None = None
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    batch_size: int = 8
+    high_precision: str | None = None
+    dla: bool = False
+
+    def make(
+        self, fp32: Path, out: Path, data: DataSpec, *, progress: bool = True
+    ) -> CalibrationReport | FallbackReport:
+        """Calibrate `fp32` on `data` and write the int8 ONNX (with its manifest) to `out`."""
+        return make_int8(
+            fp32,
+            out,
+            data,
+            target=self.target,  # type: ignore[arg-type]  # checked by quantize_int8
+            method=self.method,
+            percentile=self.percentile,
+            calibration_images=self.calibration_images,
+            sigma=self.sigma,
+            budget=self.budget,
+            exclude_nodes=self.exclude_nodes,
+            exclude_op_types=self.exclude_op_types,
+            cache_dir=self.cache_dir if self.cache_dir is not None else out.parent / ".calibration-cache",
+            batch_size=self.batch_size,
+            high_precision=self.high_precision,  # type: ignore[arg-type]  # checked by quantize_int8
+            dla=self.dla,
+            progress=progress,
+        )
+
+
 def make_precision_onnx(
     source: Path,
     out_dir: Path,
@@ -93,7 +144,6 @@ def make_precision_onnx(
 ) -> Path:
     """Make (or reuse, when it is in place and matches its manifest) the ONNX of one precision."""
     from .calibration import convert_fp16
-    from .calibration.int8 import DataSpec, make_int8
     from .checkpoint import is_checkpoint
     from .export import export_onnx
 
@@ -118,20 +168,16 @@ def make_precision_onnx(
         noisy, _, _ = data.calibration_arrays(calibration_images, sigma)
         convert_fp16(fp32, out, calib=noisy[:32], progress=progress)
     else:
-        report = make_int8(
-            fp32,
-            out,
-            data,
-            target=target,  # type: ignore[arg-type]
+        settings = Int8Settings(
+            target=target,
             method=method,
             calibration_images=calibration_images,
             sigma=sigma,
             budget=budget,
-            exclude_nodes=exclude_nodes,
-            cache_dir=out_dir / ".calibration-cache",
+            exclude_nodes=tuple(exclude_nodes),
             dla=dla,
-            progress=progress,
         )
+        report = settings.make(fp32, out, data, progress=progress)
         if result is not None:
             result.calibration = report
     if result is not None:

@@ -5,17 +5,7 @@ sigma, and every method sees that same noisy image. Outputs are clipped to [0, 1
 written as an image, then scored with `metrics.psnr` / `metrics.ssim`. Time is the wall time of one call
 on one image, after one untimed warm-up call per model (session and allocator start-up are not counted).
 
-Baseline settings (all are given the true sigma, as BM3D is; sigma on the 0-1 scale below):
-
-- bm3d: the `bm3d` package (optional extra 'baselines'), `bm3d.bm3d(..., sigma_psd=sigma)`; `bm3d_rgb`
-  for colour (it denoises in an opponent colour space).
-- nlm: scikit-image `denoise_nl_means`, patch_size 5, patch_distance 6, h = 0.8 sigma, fast_mode=True,
-  sigma given (the settings scikit-image's own gallery uses for this noise model).
-- tv: `denoise_tv_chambolle`, weight from TV_WEIGHTS (interpolated in sigma), run to 200 iterations
-  (eps=1e-12): the default stopping rule halts early at erratic points and made PSNR jump by up to 2 dB
-  between neighbouring weights. The weights were picked by a grid search on 256x256 crops of four
-  training photos (chelsea, clock, coffee, rocket), never on the test photos.
-- wavelet: `denoise_wavelet`, BayesShrink, soft thresholds, sigma given, YCbCr for colour.
+Baselines and their settings: `classical_denoisers`. Reports (table, Markdown, figure): `compare_report`.
 """
 
 from __future__ import annotations
@@ -26,115 +16,31 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_write_json, atomic_write_text, package_versions
+from .artifacts import package_versions
+from .classical_denoisers import (
+    BASELINE_FUNCTIONS,
+    BASELINE_LABELS,
+    BASELINES,
+    TV_WEIGHTS,
+    Denoise,
+    require_bm3d,
+    tv_weight,
+)
 from .data import PHOTO_SPLITS, add_noise, load_photo
 from .errors import AddUNetEdgeError, ConfigError, MissingDependencyError
 from .metrics import psnr, ssim
-from .plotting import pyplot, save_figure, unique_label
-
-if TYPE_CHECKING:
-    from rich.table import Table
+from .plotting import unique_label
 
 SCHEMA = "addunet-edge/compare"
 SCHEMA_VERSION = 1
 DEFAULT_IMAGES: tuple[str, ...] = PHOTO_SPLITS["test"]
 DEFAULT_SIGMAS: tuple[float, ...] = (15.0, 25.0, 50.0)
-BASELINES: tuple[str, ...] = ("bm3d", "nlm", "tv", "wavelet")
-JSON_NAME = "compare.json"
-MARKDOWN_NAME = "compare.md"
-FIGURE_NAME = "crops.png"
 FIGURE_CROP = 128  # side of the detail window shown in crops.png
 REFERENCE_IMAGE = "camera"  # where "does the checkpoint beat BM3D?" is asked (the paper's usual test image)
-
-# sigma (0-255) -> TV weight; measured best on training-photo crops (see module docstring). Beyond 50 the
-# weight is extrapolated in proportion to sigma.
-TV_WEIGHTS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (5.0, 0.012), (15.0, 0.06), (25.0, 0.10), (50.0, 0.22))
-
-Denoise = Callable[[np.ndarray, float], np.ndarray]  # (C, H, W) noisy, sigma 0-255 -> (C, H, W)
-
-
-def tv_weight(sigma: float) -> float:
-    """TV weight for noise sigma (0-255 scale): the measured table, interpolated linearly."""
-    xs, ys = zip(*TV_WEIGHTS, strict=True)
-    if sigma <= xs[-1]:
-        return float(np.interp(sigma, xs, ys))
-    return ys[-1] * sigma / xs[-1]
-
-
-# -- classical baselines: (C, H, W) float32 in, (C, H, W) out ---------------------------------------------
-
-
-def _hwc(image: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """(C, H, W) -> (H, W) for gray or (H, W, 3) with channel_axis -1 for colour, as scikit-image wants."""
-    if image.shape[0] == 1:
-        return image[0].astype(np.float64), None
-    return np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float64), -1
-
-
-def _chw(result: np.ndarray) -> np.ndarray:
-    result = np.asarray(result, dtype=np.float32)
-    return result[None] if result.ndim == 2 else np.ascontiguousarray(result.transpose(2, 0, 1))
-
-
-def denoise_bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    bm3d = require_bm3d()
-    img, axis = _hwc(noisy)
-    if axis is None:
-        return _chw(bm3d.bm3d(img, sigma_psd=sigma / 255.0))
-    return _chw(bm3d.bm3d_rgb(img, sigma_psd=sigma / 255.0))
-
-
-def denoise_nlm(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means
-
-    img, axis = _hwc(noisy)
-    s = sigma / 255.0
-    return _chw(
-        denoise_nl_means(img, patch_size=5, patch_distance=6, h=0.8 * s, sigma=s, fast_mode=True, channel_axis=axis)
-    )
-
-
-def denoise_tv(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    from skimage.restoration import denoise_tv_chambolle
-
-    img, axis = _hwc(noisy)
-    return _chw(denoise_tv_chambolle(img, weight=tv_weight(sigma), eps=1e-12, max_num_iter=200, channel_axis=axis))
-
-
-def denoise_wavelet_bayes(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    from skimage.restoration import denoise_wavelet
-
-    img, axis = _hwc(noisy)
-    return _chw(
-        denoise_wavelet(
-            img,
-            sigma=sigma / 255.0,
-            method="BayesShrink",
-            mode="soft",
-            rescale_sigma=True,
-            channel_axis=axis,
-            convert2ycbcr=axis is not None,
-        )
-    )
-
-
-BASELINE_FUNCTIONS: dict[str, Denoise] = {
-    "bm3d": denoise_bm3d,
-    "nlm": denoise_nlm,
-    "tv": denoise_tv,
-    "wavelet": denoise_wavelet_bayes,
-}
-BASELINE_LABELS = {"bm3d": "BM3D", "nlm": "NL-means", "tv": "TV (Chambolle)", "wavelet": "Wavelet (BayesShrink)"}
-
-
-def require_bm3d() -> Any:
-    from . import _lazy
-
-    return _lazy.require("bm3d", "the BM3D baseline of `compare`")
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -314,9 +220,6 @@ def compare(
     progress: bool = True,
 ) -> CompareResult:
     """Score the checkpoint, its artifacts and the classical baselines on the same noisy photos."""
-    from .engines import open_engine
-    from .progress import progress_bar
-
     unknown = [b for b in baselines if b not in BASELINE_FUNCTIONS]
     if unknown:
         raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
@@ -326,90 +229,20 @@ def compare(
         raise ConfigError(f"sigmas must be positive, got {list(sigmas)}")
     options = engine_options or (lambda path: {})
 
-    taken: set[str] = set()
-    methods: list[Method] = []
-    denoisers: dict[str, Denoise] = {}
-    engines: list[Any] = []
-    skipped: dict[str, str] = {}
+    ckpt, lineup = Path(checkpoint), _Lineup()
     try:
-        ckpt = Path(checkpoint)
-        engine = open_engine(ckpt, **options(ckpt))
-        engines.append(engine)
-        info = engine.info
-        channels = info.profile.channels
-        name = unique_label(f"{ckpt.name} ({info.backend} {info.precision})", taken)
-        methods.append(Method(name, "checkpoint", str(ckpt), {"engine": info.to_dict()}))
-        denoisers[name] = _engine_denoiser(engine)
+        lineup.open(ckpt, "checkpoint", options(ckpt))
         for path in map(Path, artifacts):
-            engine = open_engine(path, **options(path))
-            engines.append(engine)
-            info = engine.info
-            if info.profile.channels != channels:
-                raise ConfigError(
-                    f"{path} takes {info.profile.channels} channel(s), the checkpoint {channels}: "
-                    "compare artifacts made from this checkpoint"
-                )
-            name = unique_label(f"{path.name} ({info.backend} {info.precision})", taken)
-            methods.append(Method(name, "artifact", str(path), {"engine": info.to_dict()}))
-            denoisers[name] = _engine_denoiser(engine)
-        for key in baselines:
-            label = unique_label(BASELINE_LABELS[key], taken)
-            if key == "bm3d":
-                try:
-                    require_bm3d()
-                except MissingDependencyError as e:
-                    skipped[label] = str(e)
-                    continue
-            details = {"tv_weight_by_sigma": {f"{s:g}": tv_weight(s) for s in sigmas}} if key == "tv" else {}
-            methods.append(Method(label, "baseline", key, details))
-            denoisers[label] = BASELINE_FUNCTIONS[key]
-        noisy_label = unique_label("noisy input", taken)
-        methods.insert(0, Method(noisy_label, "noisy", "-"))
-
-        cleans = clean_images(images, channels, crop)
+            lineup.open(path, "artifact", options(path))
+        lineup.add_baselines(baselines, sigmas)
+        cleans = clean_images(images, lineup.channels, crop)
         figure_image = REFERENCE_IMAGE if REFERENCE_IMAGE in cleans else next(iter(cleans))
         y, x, size = window = detail_window(cleans[figure_image], FIGURE_CROP)
-        crops: dict[tuple[str, float], np.ndarray] = {}
-
-        def keep(method_name: str, image: str, sigma: float, out: np.ndarray) -> None:
-            if image == figure_image:
-                crops[(method_name, sigma)] = np.clip(out[:, y : y + size, x : x + size], 0.0, 1.0).copy()
-
-        cells: list[Cell] = []
-        total = len(cleans) * len(sigmas) * (len(methods) - 1)
-        warmed: set[str] = set()
-        with progress_bar(progress, transient=False) as bar:
-            task = bar.add_task("[bold]compare[/]", total=total)
-            for image, clean in cleans.items():
-                for sigma in sigmas:
-                    noisy = noisy_copy(clean, image, sigma, seed)
-                    cells.append(Cell(noisy_label, image, sigma, psnr(noisy, clean), ssim(noisy, clean), 0.0))
-                    keep(noisy_label, image, sigma, noisy)
-                    for method in methods[1:]:
-                        if method.name in skipped:
-                            bar.advance(task)
-                            continue
-                        bar.update(task, description=f"[bold]compare[/] {method.name} on {image}, sigma {sigma:g}")
-                        fn = denoisers[method.name]
-                        try:
-                            if method.kind != "baseline" and method.name not in warmed:
-                                fn(noisy, sigma)  # warm-up: sessions, allocators and kernels start here
-                                warmed.add(method.name)
-                            t0 = time.perf_counter()
-                            out = fn(noisy, sigma)
-                            seconds = time.perf_counter() - t0
-                        except AddUNetEdgeError as e:
-                            # An artifact whose profile cannot take this image: say so, keep the others.
-                            skipped[method.name] = f"{type(e).__name__}: {e}"
-                            bar.advance(task)
-                            continue
-                        out = np.clip(out, 0.0, 1.0)
-                        cells.append(Cell(method.name, image, sigma, psnr(out, clean), ssim(out, clean), seconds))
-                        keep(method.name, image, sigma, out)
-                        bar.advance(task)
+        scoring = _Scoring(lineup, figure_image, window)
+        scoring.run(cleans, sigmas, seed, progress)
     finally:
-        for engine in engines:
-            engine.close()
+        lineup.close()
+    skipped, cells = lineup.skipped, scoring.cells
     # A method that failed part-way keeps no rows: a mean over a subset of images would mislead.
     failed = {m for m in skipped if any(c.method == m for c in cells)}
     cells = [c for c in cells if c.method not in failed]
@@ -418,116 +251,118 @@ def compare(
         sigmas=[float(s) for s in sigmas],
         seed=seed,
         crop=crop,
-        in_channels=channels,
-        methods=[m for m in methods if m.name not in skipped],
+        in_channels=lineup.channels,
+        methods=[m for m in lineup.methods if m.name not in skipped],
         cells=cells,
         skipped=skipped,
         shapes={k: list(v.shape) for k, v in cleans.items()},
         figure_image=figure_image,
         window=window,
-        crops={**{("clean", s): cleans[figure_image][:, y : y + size, x : x + size] for s in sigmas}, **crops},
+        crops={**{("clean", s): cleans[figure_image][:, y : y + size, x : x + size] for s in sigmas}, **scoring.crops},
     )
 
 
-# -- reports -------------------------------------------------------------------------------------------
+@dataclass
+class _Lineup:
+    """The methods compared, in row order (the noisy input first), what runs each, and the engines opened."""
+
+    methods: list[Method] = field(default_factory=list)
+    denoisers: dict[str, Denoise] = field(default_factory=dict)
+    engines: list[Any] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it has no rows
+    taken: set[str] = field(default_factory=set)
+    warmed: set[str] = field(default_factory=set)
+    channels: int = 0
+
+    def open(self, path: Path, kind: str, options: dict[str, Any]) -> None:
+        """The checkpoint (it sets the channel count) or an artifact of it, as a method run by its engine."""
+        from .engines import open_engine
+
+        engine = open_engine(path, **options)
+        self.engines.append(engine)
+        info = engine.info
+        if kind == "checkpoint":
+            self.channels = info.profile.channels
+        elif info.profile.channels != self.channels:
+            raise ConfigError(
+                f"{path} takes {info.profile.channels} channel(s), the checkpoint {self.channels}: "
+                "compare artifacts made from this checkpoint"
+            )
+        name = unique_label(f"{path.name} ({info.backend} {info.precision})", self.taken)
+        self.methods.append(Method(name, kind, str(path), {"engine": info.to_dict()}))
+        self.denoisers[name] = _engine_denoiser(engine)
+
+    def add_baselines(self, baselines: Sequence[str], sigmas: Sequence[float]) -> None:
+        """The classical denoisers (BM3D skipped with a note when its package is missing), then the noisy input."""
+        for key in baselines:
+            label = unique_label(BASELINE_LABELS[key], self.taken)
+            if key == "bm3d":
+                try:
+                    require_bm3d()
+                except MissingDependencyError as e:
+                    self.skipped[label] = str(e)
+                    continue
+            details = {"tv_weight_by_sigma": {f"{s:g}": tv_weight(s) for s in sigmas}} if key == "tv" else {}
+            self.methods.append(Method(label, "baseline", key, details))
+            self.denoisers[label] = BASELINE_FUNCTIONS[key]
+        noisy_label = unique_label("noisy input", self.taken)
+        self.methods.insert(0, Method(noisy_label, "noisy", "-"))
+
+    def denoise(self, method: Method, noisy: np.ndarray, sigma: float) -> tuple[np.ndarray | None, float]:
+        """(output, seconds) of one method on one image; (None, 0) and the method skipped when it fails."""
+        fn = self.denoisers[method.name]
+        try:
+            if method.kind != "baseline" and method.name not in self.warmed:
+                fn(noisy, sigma)  # warm-up: sessions, allocators and kernels start here
+                self.warmed.add(method.name)
+            t0 = time.perf_counter()
+            out = fn(noisy, sigma)
+            return out, time.perf_counter() - t0
+        except AddUNetEdgeError as e:
+            # An artifact whose profile cannot take this image: say so, keep the others.
+            self.skipped[method.name] = f"{type(e).__name__}: {e}"
+            return None, 0.0
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
 
 
-def _fmt(x: float, spec: str) -> str:
-    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+class _Scoring:
+    """Every method on every (image, sigma): the cells, and the figure image's detail crops as they go by."""
 
+    def __init__(self, lineup: _Lineup, figure_image: str, window: tuple[int, int, int]) -> None:
+        self.lineup, self.figure_image, self.window = lineup, figure_image, window
+        self.cells: list[Cell] = []
+        self.crops: dict[tuple[str, float], np.ndarray] = {}
 
-def summary_table(result: CompareResult) -> Table:
-    """Rows: methods; columns: PSNR / SSIM per sigma (mean over images) and time per image; best in bold."""
-    from rich.markup import escape
-    from rich.table import Table
+    def keep(
+        self, method_name: str, image: str, sigma: float, out: np.ndarray, clean: np.ndarray, seconds: float = 0.0
+    ) -> None:
+        self.cells.append(Cell(method_name, image, sigma, psnr(out, clean), ssim(out, clean), seconds))
+        if image == self.figure_image:
+            y, x, size = self.window
+            self.crops[(method_name, sigma)] = np.clip(out[:, y : y + size, x : x + size], 0.0, 1.0).copy()
 
-    shape = ", ".join(f"{k} {v[1]}x{v[2]}" for k, v in result.shapes.items())
-    table = Table(title=f"compare: mean over {shape}; seed {result.seed}")
-    table.add_column("method", style="bold", no_wrap=True)
-    for s in result.sigmas:
-        table.add_column(f"σ={s:g}\nPSNR dB / SSIM", justify="right", no_wrap=True)
-    table.add_column("s/img", justify="right", no_wrap=True)
-    for m in result.methods:
-        row = [escape(m.name)]
-        for s in result.sigmas:
-            parts = []
-            for metric, spec in (("psnr_db", ".2f"), ("ssim", ".4f")):
-                text = _fmt(result.mean(m.name, s, metric), spec)
-                parts.append(f"[bold green]{text}[/]" if result.best(s, metric) == m.name else text)
-            row.append(" / ".join(parts))
-        times = [c.seconds for c in result.cells if c.method == m.name]
-        row.append("-" if m.kind == "noisy" else _fmt(float(np.mean(times)) if times else math.nan, ".3f"))
-        table.add_row(*row)
-    return table
+    def run(self, cleans: dict[str, np.ndarray], sigmas: Sequence[float], seed: int, progress: bool) -> None:
+        from .progress import progress_bar
 
-
-def bm3d_verdict_lines(result: CompareResult) -> list[str]:
-    """One line per sigma: does the checkpoint beat BM3D on camera?"""
-    rows = result.beats_bm3d()
-    if not rows:
-        why = result.skipped.get(BASELINE_LABELS["bm3d"])
-        if why:
-            return [f"BM3D was skipped ({why}), so the model was not compared with it."]
-        return [f"No BM3D comparison on {REFERENCE_IMAGE} (not among the images or not run)."]
-    return [
-        f"{REFERENCE_IMAGE}, sigma {r['sigma']:g}: model {r['model_psnr_db']:.2f} dB vs BM3D "
-        f"{r['bm3d_psnr_db']:.2f} dB -> {'beats' if r['beats_bm3d'] else 'does NOT beat'} BM3D "
-        f"({r['margin_db']:+.2f} dB)"
-        for r in rows
-    ]
-
-
-def markdown_report(result: CompareResult, figure: str | None = FIGURE_NAME) -> str:
-    lines = [
-        "# Denoiser comparison",
-        "",
-        f"Images: {', '.join(f'{k} ({v[1]}x{v[2]}, {v[0]} ch)' for k, v in result.shapes.items())}; "
-        f"sigmas {', '.join(f'{s:g}' for s in result.sigmas)} (0-255 scale); noise seed {result.seed}. "
-        "Every method sees the same noisy image; outputs are clipped to [0, 1]. Best per column in bold.",
-        "",
-        "## Mean over images",
-        "",
-    ]
-    header = ["method"] + [f"σ={s:g} PSNR dB / SSIM" for s in result.sigmas] + ["s / image"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for m in result.methods:
-        row = [m.name]
-        for s in result.sigmas:
-            p = _fmt(result.mean(m.name, s, "psnr_db"), ".2f")
-            q = _fmt(result.mean(m.name, s, "ssim"), ".4f")
-            p = f"**{p}**" if result.best(s, "psnr_db") == m.name else p
-            q = f"**{q}**" if result.best(s, "ssim") == m.name else q
-            row.append(f"{p} / {q}")
-        times = [c.seconds for c in result.cells if c.method == m.name]
-        row.append("-" if m.kind == "noisy" or not times else f"{np.mean(times):.3f}")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Per image (PSNR dB / SSIM)", ""]
-    header = ["method", "image"] + [f"σ={s:g}" for s in result.sigmas]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for m in result.methods:
-        for image in result.images:
-            row = [m.name, image]
-            for s in result.sigmas:
-                c = result.cell(m.name, image, s)
-                row.append("-" if c is None else f"{_fmt(c.psnr_db, '.2f')} / {_fmt(c.ssim, '.4f')}")
-            lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Against BM3D", ""] + [f"- {line}" for line in bm3d_verdict_lines(result)]
-    if result.skipped:
-        lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in result.skipped.items()]
-    lines += [
-        "",
-        "## Baseline settings",
-        "",
-        "- BM3D: `bm3d` package, sigma_psd = sigma / 255 (bm3d_rgb for colour).",
-        "- NL-means: scikit-image, patch 5, distance 6, h = 0.8 sigma, fast mode, true sigma.",
-        "- TV: Chambolle, weight by sigma "
-        + ", ".join(f"{s:g}: {tv_weight(s):.3f}" for s in result.sigmas)
-        + " (tuned on training photos), 200 iterations.",
-        "- Wavelet: BayesShrink, soft thresholds, true sigma (YCbCr for colour).",
-    ]
-    if figure:
-        lines += ["", f"![crops]({figure})"]
-    return "\n".join(lines) + "\n"
+        lineup = self.lineup
+        noisy_label = lineup.methods[0].name
+        total = len(cleans) * len(sigmas) * (len(lineup.methods) - 1)
+        with progress_bar(progress, transient=False) as bar:
+            task = bar.add_task("[bold]compare[/]", total=total)
+            for image, clean in cleans.items():
+                for sigma in sigmas:
+                    noisy = noisy_copy(clean, image, sigma, seed)
+                    self.keep(noisy_label, image, sigma, noisy, clean)
+                    for method in lineup.methods[1:]:
+                        if method.name not in lineup.skipped:
+                            bar.update(task, description=f"[bold]compare[/] {method.name} on {image}, sigma {sigma:g}")
+                            out, seconds = lineup.denoise(method, noisy, sigma)
+                            if out is not None:
+                                self.keep(method.name, image, sigma, np.clip(out, 0.0, 1.0), clean, seconds)
+                        bar.advance(task)
 
 
 def detail_window(clean: np.ndarray, size: int) -> tuple[int, int, int]:
@@ -546,53 +381,3 @@ def detail_window(clean: np.ndarray, size: int) -> tuple[int, int, int]:
             if e > best:
                 best, where = e, (y, x)
     return where[0], where[1], size
-
-
-def crops_figure(result: CompareResult, path: str | Path) -> Path:
-    """PNG: one row per sigma; clean, noisy and each method's output on the detail window of the figure
-    image. Titles carry the whole-image PSNR (the tables' number); the best of a row is bold."""
-    plt = pyplot()
-
-    image, (_, _, size) = result.figure_image, result.window
-    methods = [m.name for m in result.methods]
-    columns = ["clean", *methods]
-    rows = len(result.sigmas)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.3 * len(columns), 2.95 * rows), squeeze=False)
-    cmap = "gray" if result.in_channels == 1 else None
-    for r, sigma in enumerate(result.sigmas):
-        scored = [c.psnr_db for m in result.methods[1:] if (c := result.cell(m.name, image, sigma)) is not None]
-        top = max(scored) if scored else math.inf
-        for k, name in enumerate(columns):
-            ax = axes[r, k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            tile = result.crops.get((name, sigma))
-            if tile is None:  # a method that failed on this image
-                ax.set_title(_short(name), fontsize=8.5)
-                continue
-            ax.imshow(tile[0] if tile.shape[0] == 1 else tile.transpose(1, 2, 0), cmap=cmap, vmin=0, vmax=1)
-            c = result.cell(name, image, sigma)
-            if name == "clean":
-                title, bold = f"clean ({image})\nσ = {sigma:g}", False
-            else:
-                title = f"{_short(name)}\n{c.psnr_db:.2f} dB" if c else _short(name)
-                bold = c is not None and k > 1 and c.psnr_db >= top
-            ax.set_title(title, fontsize=8.5, fontweight="bold" if bold else "normal")
-    fig.suptitle(f"{image}: {size}x{size} detail crop; titles give whole-image PSNR (best in bold)", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def _short(name: str, width: int = 24) -> str:
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def write_reports(result: CompareResult, folder: str | Path) -> dict[str, Path]:
-    """compare.json, compare.md and crops.png in `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / JSON_NAME, "markdown": folder / MARKDOWN_NAME, "figure": folder / FIGURE_NAME}
-    atomic_write_json(paths["json"], result.to_dict())
-    crops_figure(result, paths["figure"])
-    atomic_write_text(paths["markdown"], markdown_report(result, FIGURE_NAME))
-    return paths

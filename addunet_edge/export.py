@@ -15,6 +15,7 @@ import numpy as np
 
 from .artifacts import atomic_path, write_manifest
 from .engines.base import INPUT_NAME, OUTPUT_NAMES
+from .engines.ort import ort_session
 from .errors import ArtifactError, ParityError
 from .model import AddUNet, fold_batchnorm, gate_values
 
@@ -96,12 +97,11 @@ def check_parity(
     onnx_path: str | Path, model: Any, inputs: list[np.ndarray], tolerance: float = PARITY_TOLERANCE
 ) -> ParityReport:
     """Run PyTorch and ONNX Runtime (CPU) on the same inputs and compare both outputs."""
-    import onnxruntime as ort
     import torch
 
     from .metrics import max_abs_error, psnr
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path)
     cases = []
     for x in inputs:
         with torch.inference_mode():

@@ -93,7 +93,7 @@ def train_recipe(
     resampling: str | None = None,
     residual_output: bool | None = None,
     norm: str | None = None,
-    bound: float = -1.0,
+    bound: float | None = None,
     head: str = "limited",
     head_projection: bool | None = None,
     head_detach: bool | None = None,
@@ -107,12 +107,15 @@ def train_recipe(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Load the data, fill the recipe's defaults, train; returns the training summary."""
+    """Load the data, fill the recipe's defaults, train; returns the training summary.
+
+    None (or 0, or "") means the recipe's value, or the model's default where the recipe has none; `bound`:
+    None or negative is the model's default, 0 unbounded.
+    """
     from .model import ModelConfig
     from .training import TrainConfig, train
 
-    is_photos = dataset == "photos"
-    base = PHOTOS if is_photos else DIGITS
+    base = PHOTOS if dataset == "photos" else DIGITS
     ds = load_dataset(
         dataset,
         size=size,
@@ -122,36 +125,19 @@ def train_recipe(
         patches_per_epoch=base.patches_per_epoch,
     )
     recipe = recipe_for(dataset, ds.num_classes > 0)
-    try:
-        ks = tuple(int(k) for k in kernel_sizes.split(",")) if kernel_sizes else recipe.kernel_sizes
-    except ValueError:
-        raise ConfigError(f"kernel sizes must be integers separated by commas, got {kernel_sizes!r}") from None
     num_classes = 0 if denoise_only else ds.num_classes
-    model_kw: dict[str, Any] = {
-        "arch": arch,
-        "in_channels": ds.in_channels,
-        "width": width or recipe.width,
-        "depth": depth or recipe.depth,
-        "kernel_sizes": ks,
-        "resampling": resampling or recipe.resampling,
-        "num_classes": num_classes,
-        "head": head,
-    }
-    model_kw["residual_output"] = recipe.residual_output if residual_output is None else residual_output
-    if plain:
-        # The paper's plain blocks: no normalization, unbounded states, the classifier on the deepest state.
-        if norm not in (None, "none") or bound > 0 or head_projection:
-            raise ConfigError("--plain means no BatchNorm, no state bound and no head projection; drop the others")
-        model_kw.update(norm="none", bound=None, head_projection=False)
-    if head_projection is not None:
-        model_kw["head_projection"] = head_projection
-    if head_detach is not None:
-        model_kw["head_detach"] = head_detach
-    if norm is not None:
-        model_kw["norm"] = norm
-    if bound >= 0:
-        model_kw["bound"] = bound or None
-    mc = ModelConfig(**model_kw)
+    mc = ModelConfig(
+        arch=arch,
+        in_channels=ds.in_channels,
+        width=width or recipe.width,
+        depth=depth or recipe.depth,
+        kernel_sizes=_kernel_sizes(kernel_sizes) or recipe.kernel_sizes,
+        resampling=resampling or recipe.resampling,
+        num_classes=num_classes,
+        head=head,
+        residual_output=recipe.residual_output if residual_output is None else residual_output,
+        **_block_options(plain, norm, bound, head_projection, head_detach),
+    )
     sig = parse_sigma(sigma) if sigma else recipe.sigma
     tc = TrainConfig(
         epochs=epochs or recipe.epochs,
@@ -165,3 +151,34 @@ def train_recipe(
         device=device,
     )
     return train(mc, tc, ds, out, resume=resume, progress=progress)
+
+
+def _kernel_sizes(text: str | None) -> tuple[int, ...] | None:
+    """'5,3,3' -> (5, 3, 3); None for None or "" (the recipe's)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ConfigError(f"kernel sizes must be integers separated by commas, got {text!r}") from None
+
+
+def _block_options(
+    plain: bool, norm: str | None, bound: float | None, head_projection: bool | None, head_detach: bool | None
+) -> dict[str, Any]:
+    """The ModelConfig fields of the block options given (None: the model's default), `plain` first."""
+    kw: dict[str, Any] = {}
+    if plain:
+        # The paper's plain blocks: no normalization, unbounded states, the classifier on the deepest state.
+        if norm not in (None, "none") or (bound or 0.0) > 0 or head_projection:
+            raise ConfigError("--plain means no BatchNorm, no state bound and no head projection; drop the others")
+        kw.update(norm="none", bound=None, head_projection=False)
+    if head_projection is not None:
+        kw["head_projection"] = head_projection
+    if head_detach is not None:
+        kw["head_detach"] = head_detach
+    if norm is not None:
+        kw["norm"] = norm
+    if bound is not None and bound >= 0:
+        kw["bound"] = bound or None
+    return kw

@@ -14,7 +14,7 @@ from .plotting import pyplot, save_figure
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from .validation import ArtifactSummary, ValidationResult
+    from .validation_results import ArtifactSummary, ValidationResult
 
 JSON_NAME = "validation.json"
 MARKDOWN_NAME = "report.md"

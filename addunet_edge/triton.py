@@ -21,20 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .artifacts import (
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
-    manifest_path,
-    output_lock,
-    read_manifest,
-    trace_provenance,
-)
+from .artifacts import atomic_path, atomic_write_bytes, atomic_write_text, manifest_path, output_lock
+from .engines import PLAN_SUFFIXES
 from .engines.base import INPUT_NAME, OUTPUT_NAMES
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
+from .triton_source import PLATFORM_ONNX, PLATFORM_PLAN, TritonSource, read_source
 
-PLATFORM_PLAN = "tensorrt_plan"
-PLATFORM_ONNX = "onnxruntime_onnx"
 KINDS = ("auto", "gpu", "cpu")
 # An ONNX has a dynamic batch axis, so any bound is the server's choice: 8 fills a GPU with our small
 # convolutional model without making the first request of a burst wait long for company.
@@ -42,11 +34,7 @@ DEFAULT_ONNX_MAX_BATCH = 8
 # Triton's own default is 0 (no waiting); 100 µs lets requests that arrive together share one execution at
 # a cost far below one inference of even the smallest frame.
 DEFAULT_QUEUE_DELAY_US = 100
-_PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-# TensorRT DataType names (as the plan manifest records them) and ONNX elem types -> Triton's DataType.
-_TRT_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8"}
-_ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 3: "TYPE_INT8"}
 
 
 @dataclass(frozen=True)
@@ -79,32 +67,11 @@ class TritonModel:
     notes: tuple[str, ...] = field(default=())
 
 
-@dataclass(frozen=True)
-class _Source:
-    """What the artifact is, read from its manifest (and, for an ONNX, its graph)."""
-
-    platform: str
-    precision: str
-    target: str | None
-    channels: int
-    num_classes: int
-    dtypes: dict[str, str]
-    height: int  # -1: any
-    width: int
-    batch: tuple[int, int, int] | None  # a plan's profile (min, opt, max); None for an ONNX
-    profile_text: str | None
-    dla_core: int | None
-    tensorrt_version: str | None
-    size_multiple: int
-    extra_files: tuple[str, ...]  # external tensor data an ONNX reads from beside it
-    version_compatible: bool
-
-
 def default_model_name(artifact: str | Path) -> str:
     """'engines/digits.int8.cpu.onnx' -> 'digits_int8_cpu': the file name, in the characters every
     filesystem, URL path and Kubernetes volume accepts (Triton uses the folder name as the model's name)."""
     stem = Path(artifact).name
-    for suffix in (".onnx", *_PLAN_SUFFIXES):
+    for suffix in (".onnx", *PLAN_SUFFIXES):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -140,20 +107,10 @@ def write_triton_model(
     """
     artifact = Path(artifact)
     repo = Path(repo)
-    src = _read_source(artifact)
+    src = read_source(artifact)
     kind_ = _resolve_kind(kind, src, artifact)
     name = name if name is not None else default_model_name(artifact)
-    if not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"model name {name!r}: use 1-128 letters, digits, '_' or '-', starting with a letter or digit "
-            "(Triton uses it as a folder name and in URLs)"
-        )
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"--version must be a positive integer (Triton's version folders), got {version!r}")
-    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
-        raise ConfigError(f"--instances must be at least 1, got {instances!r}")
-    if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
-        raise ConfigError(f"--queue-delay-us must be 0 or more microseconds, got {queue_delay_us!r}")
+    _check_numbers(name, version, instances, queue_delay_us)
     max_batch = _max_batch(src, max_batch_size, artifact)
     preferred = _preferred(src, max_batch, preferred_batch_sizes)
 
@@ -195,186 +152,25 @@ def write_triton_model(
     )
 
 
-# -- reading the artifact ---------------------------------------------------------------------------------
-
-
-def _read_source(artifact: Path) -> _Source:
-    if artifact.is_dir():
-        raise ArtifactError(
-            f"{artifact} is a folder (a checkpoint?): Triton serves files. Export it first "
-            "(`addunet-edge export` or `build`) and pass the .onnx or .plan"
-        )
-    if not artifact.is_file():
-        raise ArtifactError(f"{artifact}: no such file")
-    suffix = artifact.suffix.lower()
-    if suffix not in (".onnx", *_PLAN_SUFFIXES):
-        raise ArtifactError(f"{artifact}: Triton serves a TensorRT plan (.plan) or an .onnx, not {suffix or 'this'}")
-    try:
-        manifest = read_manifest(artifact, verify_hash=True, required=True)
-    except ArtifactError as e:
-        raise ArtifactError(
-            f"{e}. The Triton config is written from the manifest (profile, channels, classes, precision)"
-        ) from None
-    assert manifest is not None  # required=True raises instead
-    if suffix == ".onnx":
-        return _onnx_source(artifact, manifest)
-    return _plan_source(artifact, manifest)
-
-
-def _plan_source(artifact: Path, manifest: dict[str, Any]) -> _Source:
-    from .engines.plan import PLAN_KIND, BuildProfile
-
-    if manifest.get("kind") != PLAN_KIND:
-        raise ArtifactError(f"{artifact}: its manifest describes a {manifest.get('kind')!r}, not a TensorRT plan")
-    if not isinstance(manifest.get("profile"), dict):
-        raise ArtifactError(f"{artifact}: its manifest has no input profile; rebuild it with `addunet-edge build`")
-    profile = BuildProfile.from_dict(manifest["profile"])  # ArtifactError / ConfigError when malformed
-    channels = _positive_int(manifest.get("channels"), "channels", artifact)
-    num_classes = _count(manifest.get("num_classes"), "num_classes", artifact)
-    dtypes = {}
-    recorded = manifest.get("io_dtypes") if isinstance(manifest.get("io_dtypes"), dict) else {}
-    for tensor in (INPUT_NAME, *OUTPUT_NAMES):
-        # Plans built before io_dtypes was recorded are float32 at their I/O (the one signature).
-        trt_name = str(recorded.get(tensor, "FLOAT")).upper()
-        if trt_name not in _TRT_TYPES:
-            raise ArtifactError(f"{artifact}: tensor {tensor!r} has type {trt_name}, which this config cannot state")
-        dtypes[tensor] = _TRT_TYPES[trt_name]
-    (h_lo, w_lo), _, (h_hi, w_hi) = profile.sizes
-    dla = manifest.get("dla_core")
-    if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int) or dla < 0):
-        raise ArtifactError(f"{artifact}: its manifest names DLA core {dla!r}, which is not a core number")
-    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
-    shapes = " / ".join(f"{n}x{channels}x{h}x{w}" for n, (h, w) in zip(profile.batch, profile.sizes, strict=True))
-    return _Source(
-        platform=PLATFORM_PLAN,
-        precision=str(manifest.get("precision", "?")),
-        target=None,
-        channels=channels,
-        num_classes=num_classes,
-        dtypes=dtypes,
-        height=h_lo if h_lo == h_hi else -1,
-        width=w_lo if w_lo == w_hi else -1,
-        batch=profile.batch,
-        profile_text=f"min / opt / max {shapes}",
-        dla_core=dla,
-        tensorrt_version=str(manifest["tensorrt_version"]) if manifest.get("tensorrt_version") else None,
-        size_multiple=_positive_int(manifest.get("size_multiple", 1), "size_multiple", artifact),
-        extra_files=(),
-        version_compatible=bool(options.get("version_compatible")),
-    )
-
-
-def _onnx_source(artifact: Path, manifest: dict[str, Any]) -> _Source:
-    from ._lazy import require
-
-    if manifest.get("kind") not in (None, "onnx"):
-        raise ArtifactError(f"{artifact}: its manifest describes a {manifest.get('kind')!r}, not an ONNX model")
-    # fp16 and int8 manifests name the fp32 ONNX they were made from; channels and classes live in that one.
-    prov = trace_provenance(artifact, manifest, verify=False)
-    onnx = require("onnx", "reading the ONNX graph for its Triton config")
-    try:
-        model = onnx.load(str(artifact), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError, ValueError, ... on a damaged file
-        raise ArtifactError(f"{artifact} is not a readable ONNX model: {e}") from None
-    graph_io = {v.name: v for v in (*model.graph.input, *model.graph.output)}
-    missing = [t for t in (INPUT_NAME, *OUTPUT_NAMES) if t not in graph_io]
-    if missing:
-        raise ArtifactError(f"{artifact} has no tensor(s) {missing}: not an addunet-edge model")
-    shape = {
-        t: [d.dim_value if d.HasField("dim_value") else -1 for d in graph_io[t].type.tensor_type.shape.dim]
-        for t in (INPUT_NAME, *OUTPUT_NAMES)
-    }
-    channels = prov.in_channels if prov.in_channels is not None else _dim(shape[INPUT_NAME], 1)
-    num_classes = prov.num_classes if prov.num_classes is not None else _dim(shape[OUTPUT_NAMES[1]], 1)
-    if channels is None or num_classes is None:
-        raise ArtifactError(
-            f"{artifact}: neither its manifest chain ({prov.broken or 'no channel count'}) nor its graph gives "
-            "the channel and class counts"
-        )
-    graph_channels = _dim(shape[INPUT_NAME], 1)
-    if graph_channels not in (None, channels):
-        raise ArtifactError(f"{artifact}: the graph takes {graph_channels} channel(s), its manifest says {channels}")
-    dtypes = {}
-    for tensor, value in graph_io.items():
-        if tensor in (INPUT_NAME, *OUTPUT_NAMES):
-            elem = value.type.tensor_type.elem_type
-            if elem not in _ONNX_TYPES:
-                raise ArtifactError(f"{artifact}: tensor {tensor!r} has ONNX type {elem}, not a float type")
-            dtypes[tensor] = _ONNX_TYPES[elem]
-    return _Source(
-        platform=PLATFORM_ONNX,
-        precision=str(manifest.get("precision", "?")),
-        target=manifest.get("target") if isinstance(manifest.get("target"), str) else None,
-        channels=channels,
-        num_classes=num_classes,
-        dtypes=dtypes,
-        height=_dim(shape[INPUT_NAME], 2) or -1,
-        width=_dim(shape[INPUT_NAME], 3) or -1,
-        batch=None,
-        profile_text=None,
-        dla_core=None,
-        tensorrt_version=None,
-        size_multiple=_size_multiple(manifest, prov.model),
-        extra_files=_external_files(artifact, model),
-        version_compatible=False,
-    )
-
-
-def _dim(dims: list[int], axis: int) -> int | None:
-    return dims[axis] if len(dims) > axis and dims[axis] > 0 else None
-
-
-def _size_multiple(manifest: dict[str, Any], model: dict[str, Any] | None) -> int:
-    """The exported ONNX records it; fp16 / int8 ones do not, so read it off the model config in the chain
-    (as ModelConfig.size_multiple does, without importing torch for it)."""
-    value = manifest.get("size_multiple")
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    if model and model.get("resampling") == "stride" and isinstance(model.get("depth"), int):
-        return int(2 ** model["depth"])
-    return 1
-
-
-def _external_files(artifact: Path, model: Any) -> tuple[str, ...]:
-    """Files an ONNX keeps tensor data in (relative to it); they must travel into the version folder."""
-    from .engines.ort import check_external_data
-
-    check_external_data(artifact)  # refuses data that lies outside the ONNX's folder
-    found: list[str] = []
-
-    def walk(graph: Any) -> None:
-        for tensor in [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]:
-            for entry in tensor.external_data:
-                if entry.key == "location" and entry.value not in found:
-                    found.append(entry.value)
-        for node in graph.node:
-            for attr in node.attribute:
-                for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
-                    walk(sub)
-
-    walk(model.graph)
-    for location in found:
-        if not (artifact.parent / location).is_file():
-            raise ArtifactError(f"{artifact} keeps tensor data in {location}, which is not beside it")
-    return tuple(found)
-
-
-def _positive_int(value: Any, what: str, artifact: Path) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ArtifactError(f"{artifact}: its manifest's {what} is {value!r}, not a positive integer")
-    return value
-
-
-def _count(value: Any, what: str, artifact: Path) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ArtifactError(f"{artifact}: its manifest's {what} is {value!r}, not a count")
-    return value
-
-
 # -- choices ----------------------------------------------------------------------------------------------
 
 
-def _resolve_kind(kind: str, src: _Source, artifact: Path) -> Literal["gpu", "cpu"]:
+def _check_numbers(name: str, version: int, instances: int, queue_delay_us: int) -> None:
+    """The model's name and the counts a user passes, each refused with the option that gave it."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"model name {name!r}: use 1-128 letters, digits, '_' or '-', starting with a letter or digit "
+            "(Triton uses it as a folder name and in URLs)"
+        )
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"--version must be a positive integer (Triton's version folders), got {version!r}")
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+        raise ConfigError(f"--instances must be at least 1, got {instances!r}")
+    if isinstance(queue_delay_us, bool) or not isinstance(queue_delay_us, int) or queue_delay_us < 0:
+        raise ConfigError(f"--queue-delay-us must be 0 or more microseconds, got {queue_delay_us!r}")
+
+
+def _resolve_kind(kind: str, src: TritonSource, artifact: Path) -> Literal["gpu", "cpu"]:
     if kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cpu_int8 = src.platform == PLATFORM_ONNX and src.precision == "int8" and src.target == "cpu"
@@ -392,7 +188,7 @@ def _resolve_kind(kind: str, src: _Source, artifact: Path) -> Literal["gpu", "cp
     return kind  # type: ignore[return-value]  # one of the two concrete kinds, checked above
 
 
-def _max_batch(src: _Source, requested: int | None, artifact: Path) -> int:
+def _max_batch(src: TritonSource, requested: int | None, artifact: Path) -> int:
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
         raise ConfigError(f"--max-batch-size must be at least 1, got {requested!r}")
     if src.batch is None:
@@ -412,7 +208,7 @@ def _max_batch(src: _Source, requested: int | None, artifact: Path) -> int:
     return requested
 
 
-def _preferred(src: _Source, max_batch: int, requested: tuple[int, ...] | list[int] | None) -> tuple[int, ...]:
+def _preferred(src: TritonSource, max_batch: int, requested: tuple[int, ...] | list[int] | None) -> tuple[int, ...]:
     if requested is not None and len(requested) > 0:
         bad = [b for b in requested if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= max_batch]
         if bad:
@@ -424,7 +220,7 @@ def _preferred(src: _Source, max_batch: int, requested: tuple[int, ...] | list[i
     return tuple(chosen) or (max_batch,)
 
 
-def _notes(src: _Source, kind: str) -> tuple[str, ...]:
+def _notes(src: TritonSource, kind: str) -> tuple[str, ...]:
     notes = []
     if src.platform == PLATFORM_PLAN:
         built_with = f"TensorRT {src.tensorrt_version}" if src.tensorrt_version else "the TensorRT that built it"
@@ -453,7 +249,7 @@ def _notes(src: _Source, kind: str) -> tuple[str, ...]:
 def _config_text(
     artifact: Path,
     name: str,
-    src: _Source,
+    src: TritonSource,
     kind: str,
     max_batch: int,
     preferred: tuple[int, ...],
@@ -542,7 +338,7 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _write_version(version_dir: Path, artifact: Path, model_file: str, src: _Source) -> None:
+def _write_version(version_dir: Path, artifact: Path, model_file: str, src: TritonSource) -> None:
     _copy(artifact, version_dir / model_file)
     # The manifest's bytes unchanged: its sha256 is the artifact's, and read_manifest finds it by this name.
     atomic_write_bytes(manifest_path(version_dir / model_file), manifest_path(artifact).read_bytes())
@@ -550,7 +346,7 @@ def _write_version(version_dir: Path, artifact: Path, model_file: str, src: _Sou
         _copy(artifact.parent / location, version_dir / location)
 
 
-def _write_model(model_dir: Path, version: int, artifact: Path, model_file: str, src: _Source, text: str) -> None:
+def _write_model(model_dir: Path, version: int, artifact: Path, model_file: str, src: TritonSource, text: str) -> None:
     version_dir = model_dir / str(version)
     version_dir.mkdir()
     _write_version(version_dir, artifact, model_file, src)

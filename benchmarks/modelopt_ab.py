@@ -44,13 +44,13 @@ _DTYPE = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.FLOAT: "fp32"}
 
 def load_ours(rev: str) -> Callable[..., Path]:
     """quantize_int8 of calibration/qdq.py as it was at `rev`, imported beside today's calibration package
-    (its helpers in calibration.ranges are unchanged)."""
+    (its helpers, in calibration.ranges then and in calibration.graph now, are unchanged)."""
     source = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:addunet_edge/calibration/qdq.py"],
         check=True,
         capture_output=True,
         text=True,
-    ).stdout
+    ).stdout.replace("from .ranges import (", "from .graph import (")
     name = "addunet_edge.calibration._qdq_ours"
     module = types.ModuleType(name)
     module.__package__ = addunet_edge.calibration.__name__

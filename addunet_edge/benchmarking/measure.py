@@ -6,24 +6,23 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..engines import Engine, backend_for, open_engine, options_for
-from ..errors import AddUNetEdgeError, ArtifactError, ConfigError, ShapeError
-from ..plotting import unique_label
+from ..engines import Engine
+from ..errors import AddUNetEdgeError, ArtifactError, ConfigError
 from ..progress import progress_bar
-from .contenders import Contender, check_device, engine_label, lineage, macs_per_image, timings_for
+from .contenders import Contender, Shape, check_device, macs_per_image
+from .lineup import check_shapes, open_contenders
 from .results import ROUND_ITERATIONS, BenchResult, BenchRow, ScheduleEntry
 from .system import DeviceMemory, device_index, load_average, proc_status_kib, reset_peak_rss, system_info
 from .tegrastats import TegrastatsSampler
 
 _POWER_WINDOW_S = 1.5
 _MIB = 1024 * 1024
-
-Shape = tuple[int, int, int, int]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -70,129 +69,6 @@ def _validate(
     check_device(device)
 
 
-def _open_contenders(
-    artifacts: Sequence[str | Path | Engine],
-    baseline: str | Path | None,
-    device: str,
-    threads: int,
-    cuda_graph: bool,
-    notes: list[str],
-) -> tuple[list[Contender], list[Engine]]:
-    """The baseline first, then every artifact; also returns the engines this run opened (to close)."""
-    opened: list[Engine] = []
-    try:
-        return _open_all(artifacts, baseline, device, threads, cuda_graph, notes, opened)
-    except BaseException:
-        for engine in opened:
-            engine.close()
-        raise
-
-
-def _open_all(
-    artifacts: Sequence[str | Path | Engine],
-    baseline: str | Path | None,
-    device: str,
-    threads: int,
-    cuda_graph: bool,
-    notes: list[str],
-    opened: list[Engine],
-) -> tuple[list[Contender], list[Engine]]:
-    """_open_contenders' work; every engine it opens goes into `opened` at once, for the caller to close."""
-    from ..checkpoint import is_checkpoint
-
-    baseline_path = Path(baseline) if baseline is not None else None
-    if baseline_path is not None and not is_checkpoint(baseline_path):
-        raise ArtifactError(f"--baseline must be a checkpoint folder (model.safetensors + config.json): {baseline}")
-    items: list[tuple[Path, Engine | None, Path | None, dict[str, Any] | None]] = []
-    for item in artifacts:
-        if isinstance(item, Engine):
-            ckpt, model = lineage(item.path)
-            items.append((item.path, item, ckpt, model))
-        elif backend_for(item) == "torch":  # refuses a missing or unknown file before it is opened
-            # A checkpoint is opened below, once it is known whether it is the baseline too.
-            ckpt, model = lineage(item)
-            items.append((Path(item), None, ckpt, model))
-        else:
-            # Opening verifies the file (manifest hash, ONNX decode, plan manifest), so a corrupt artifact is
-            # refused as such rather than reported as an artifact without a baseline. Activation (the
-            # session, the device memory it takes) waits for add() below, which measures it.
-            path = Path(item)
-            engine = open_engine(path, **options_for(path, device, threads, cuda_graph))
-            opened.append(engine)
-            ckpt, model = lineage(path)
-            items.append((path, engine, ckpt, model))
-    if baseline_path is None:
-        found = [ckpt for _, _, ckpt, _ in items if ckpt is not None]
-        if not found:
-            raise ConfigError(
-                "no PyTorch baseline: none of the artifacts is a checkpoint or names one in its manifest; "
-                "pass --baseline CHECKPOINT_FOLDER"
-            )
-        baseline_path = found[0]
-    for path, _, ckpt, _ in items:
-        if ckpt is not None and ckpt.resolve() != baseline_path.resolve():
-            notes.append(f"{path.name} was made from {ckpt}, not from the baseline {baseline_path}")
-
-    taken: set[str] = set()
-    contenders: list[Contender] = []
-
-    def add(path: Path, engine: Engine, is_baseline: bool, model: dict[str, Any] | None, label: str) -> None:
-        base = None
-        memory = DeviceMemory(device_index(device)) if device.startswith("cuda") else None
-        if memory is not None and engine.backend != "torch":
-            before = memory.used_bytes()
-            engine.activate()
-            after = memory.used_bytes()
-            base = max(0, after - before) if before is not None and after is not None else None
-        for timing in timings_for(engine.backend, device):
-            contenders.append(
-                Contender(
-                    label=label,
-                    artifact=str(path),
-                    engine=engine,
-                    timing=timing,
-                    baseline=is_baseline,
-                    model_config=model,
-                    cuda_graph=cuda_graph and engine.backend == "tensorrt",
-                    device_base_bytes=base,
-                )
-            )
-
-    baseline_engine = open_engine(baseline_path, device=device, threads=threads)
-    opened.append(baseline_engine)
-    _, baseline_model = lineage(baseline_path)
-    add(baseline_path, baseline_engine, True, baseline_model, unique_label(f"{baseline_path.name} (torch)", taken))
-    for path, already_open, _, model in items:
-        if already_open is not None:
-            engine = already_open
-        elif path.resolve() == baseline_path.resolve():
-            continue  # the baseline is this artifact; it is timed once
-        else:
-            engine = open_engine(path, **options_for(path, device, threads, cuda_graph))
-            opened.append(engine)
-        add(path, engine, False, model, unique_label(engine_label(path, engine.backend), taken))
-    return contenders, opened
-
-
-def _check_shapes(contenders: Sequence[Contender], shapes: Sequence[tuple[int, int, int]]) -> int:
-    """Refuse, before any timing, a shape some engine cannot take; returns the channel count."""
-    channels = {c.label: c.engine.info.profile.channels for c in contenders}
-    if len(set(channels.values())) != 1:
-        raise ShapeError(f"the engines disagree on input channels: {channels}")
-    c_in = next(iter(channels.values()))
-    for contender in contenders:
-        profile = contender.engine.info.profile
-        for batch, height, width in shapes:
-            try:
-                profile.check((batch, c_in, height, width))
-                m = profile.size_multiple
-                if contender.backend == "tensorrt" and m > 1 and (height % m or width % m):
-                    raise ShapeError(f"this plan needs height and width multiples of {m}, got {height}x{width}")
-            except ShapeError as e:
-                raise ShapeError(f"{contender.label} cannot be timed at batch {batch}, {height}x{width}: {e}") from None
-    return c_in
-
-
 @contextlib.contextmanager
 def _maybe_tegrastats(notes: list[str]) -> Iterator[TegrastatsSampler | None]:
     exe = shutil.which("tegrastats")
@@ -237,9 +113,9 @@ def bench(
     _validate(batches, sizes, threads, warmup, iterations, seconds, device)
     notes: list[str] = []
     shapes = [(int(b), int(h), int(w)) for (h, w) in sizes for b in batches]
-    contenders, opened = _open_contenders(artifacts, baseline, device, threads, cuda_graph, notes)
+    contenders, opened = open_contenders(artifacts, baseline, device, threads, cuda_graph, notes)
     try:
-        c_in = _check_shapes(contenders, shapes)
+        c_in = check_shapes(contenders, shapes)
         system = system_info(device, threads, command)
         system["round_iterations"] = ROUND_ITERATIONS
         result = BenchResult(system=system, rows=[], notes=notes)
@@ -276,49 +152,81 @@ def _bench_shape(
     bar: Any,
     result: BenchResult,
 ) -> list[BenchRow]:
-    batch, _, height, width = shape
+    """Warm every contender up at `shape`, time them in alternating rounds, and make their rows."""
     memory = DeviceMemory(device_index(device)) if device.startswith("cuda") else None
-    timers, host_mem, device_mem = {}, {}, {}
-    for i, c in enumerate(contenders):
-        timers[i] = c.timer(shape)
-        rss_before = proc_status_kib("VmRSS")
-        reset = reset_peak_rss()
-        used_before = memory.used_bytes() if memory else None
-        torch_cuda = c.backend == "torch" and device.startswith("cuda")
-        if torch_cuda:
-            import torch
+    warm = [_warm_up(c, shape, warmup, device, memory, result) for c in contenders]
+    timers = [w.timer for w in warm]
+    samples = _time_rounds(contenders, timers, shape, iterations, seconds, bar, result)
+    return [_row(c, w, s, shape, sampler) for c, w, s in zip(contenders, warm, samples, strict=True)]
 
-            torch.cuda.reset_peak_memory_stats(c.engine.device)  # type: ignore[attr-defined]
-        try:
-            timers[i](max(1, warmup))  # at least one untimed run: first-call setup is never timed
-        except AddUNetEdgeError:
-            raise
-        except Exception as e:  # a backend's own error type (onnxruntime, TensorRT) at this shape
-            raise ArtifactError(f"{c.label} failed at batch {batch}, {height}x{width}: {e}") from None
-        result.schedule.append(ScheduleEntry(c.label, c.timing, batch, height, width, max(1, warmup), True))
-        peak = proc_status_kib("VmHWM")
-        host_mem[i] = (
-            peak / 1024 if peak is not None else None,
-            (peak - rss_before) / 1024 if reset and peak is not None and rss_before is not None else None,
-        )
-        if torch_cuda:
-            device_mem[i] = torch.cuda.max_memory_allocated(c.engine.device) / _MIB  # type: ignore[attr-defined]
-        elif memory is not None:
-            used_after = memory.used_bytes()
-            grown = max(0, used_after - used_before) if used_after is not None and used_before is not None else 0
-            device_mem[i] = ((c.device_base_bytes or 0) + grown) / _MIB
-        else:
-            device_mem[i] = None
 
-    samples: dict[int, list[float]] = {i: [] for i in range(len(contenders))}
+@dataclass(frozen=True)
+class _Warm:
+    """A contender's timer at one shape, and the memory its warm-up took (MiB)."""
+
+    timer: Callable[[int], list[float]]
+    peak_rss_mib: float | None
+    rss_delta_mib: float | None
+    device_memory_mib: float | None
+
+
+def _warm_up(
+    c: Contender, shape: Shape, warmup: int, device: str, memory: DeviceMemory | None, result: BenchResult
+) -> _Warm:
+    """At least one untimed run (first-call setup is never timed); host and device memory measured around it."""
+    batch, _, height, width = shape
+    timer = c.timer(shape)
+    rss_before = proc_status_kib("VmRSS")
+    reset = reset_peak_rss()
+    used_before = memory.used_bytes() if memory else None
+    torch_cuda = c.backend == "torch" and device.startswith("cuda")
+    if torch_cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(c.engine.device)  # type: ignore[attr-defined]
+    try:
+        timer(max(1, warmup))
+    except AddUNetEdgeError:
+        raise
+    except Exception as e:  # a backend's own error type (onnxruntime, TensorRT) at this shape
+        raise ArtifactError(f"{c.label} failed at batch {batch}, {height}x{width}: {e}") from None
+    result.schedule.append(ScheduleEntry(c.label, c.timing, batch, height, width, max(1, warmup), True))
+    peak = proc_status_kib("VmHWM")
+    device_mib = None
+    if torch_cuda:
+        device_mib = torch.cuda.max_memory_allocated(c.engine.device) / _MIB  # type: ignore[attr-defined]
+    elif memory is not None:
+        used_after = memory.used_bytes()
+        grown = max(0, used_after - used_before) if used_after is not None and used_before is not None else 0
+        device_mib = ((c.device_base_bytes or 0) + grown) / _MIB
+    return _Warm(
+        timer=timer,
+        peak_rss_mib=peak / 1024 if peak is not None else None,
+        rss_delta_mib=(peak - rss_before) / 1024 if reset and peak is not None and rss_before is not None else None,
+        device_memory_mib=device_mib,
+    )
+
+
+def _time_rounds(
+    contenders: Sequence[Contender],
+    timers: list[Callable[[int], list[float]]],
+    shape: Shape,
+    iterations: int,
+    seconds: float | None,
+    bar: Any,
+    result: BenchResult,
+) -> list[list[float]]:
+    """Rounds of ROUND_ITERATIONS runs, A B A B ..., until each has `iterations` (or `seconds` have passed)."""
+    batch, _, height, width = shape
+    samples: list[list[float]] = [[] for _ in contenders]
     budget_total = seconds if seconds is not None else iterations * len(contenders)
     task = bar.add_task(f"batch {batch}, {height}x{width}", total=budget_total)
     started = time.perf_counter()
 
     def done() -> bool:
         if seconds is not None:
-            return time.perf_counter() - started >= seconds and all(samples.values())
-        return all(len(s) >= iterations for s in samples.values())
+            return time.perf_counter() - started >= seconds and all(samples)
+        return all(len(s) >= iterations for s in samples)
 
     while not done():
         for i, c in enumerate(contenders):
@@ -332,42 +240,41 @@ def _bench_shape(
         if seconds is not None:
             bar.update(task, completed=min(seconds, time.perf_counter() - started))
     bar.remove_task(task)
+    return samples
 
-    rows = []
-    for i, c in enumerate(contenders):
-        stats = _latency_stats(samples[i])
-        img_s = batch * 1e3 / stats["latency_ms_median"]
-        macs = macs_per_image(c.model_config, height, width)
-        power, energy = _power(c, timers[i], batch, sampler)
-        info = c.engine.info
-        rows.append(
-            BenchRow(
-                artifact=c.artifact,
-                label=c.label,
-                backend=c.backend,
-                precision=info.precision,
-                target=info.extra.get("target"),
-                device=info.device,
-                timing=c.timing,
-                cuda_graph=c.cuda_graph,
-                baseline=c.baseline,
-                batch=batch,
-                height=height,
-                width=width,
-                iterations=len(samples[i]),
-                **stats,
-                throughput_img_s=img_s,
-                throughput_mpix_s=img_s * height * width / 1e6,
-                peak_rss_mib=host_mem[i][0],
-                rss_delta_mib=host_mem[i][1],
-                device_memory_mib=device_mem[i],
-                macs_per_image=macs,
-                gmac_s=macs * img_s / 1e9 if macs is not None else None,
-                avg_power_mw=power,
-                energy_mj_per_image=energy,
-            )
-        )
-    return rows
+
+def _row(c: Contender, warm: _Warm, samples: list[float], shape: Shape, sampler: TegrastatsSampler | None) -> BenchRow:
+    batch, _, height, width = shape
+    stats = _latency_stats(samples)
+    img_s = batch * 1e3 / stats["latency_ms_median"]
+    macs = macs_per_image(c.model_config, height, width)
+    power, energy = _power(c, warm.timer, batch, sampler)
+    info = c.engine.info
+    return BenchRow(
+        artifact=c.artifact,
+        label=c.label,
+        backend=c.backend,
+        precision=info.precision,
+        target=info.extra.get("target"),
+        device=info.device,
+        timing=c.timing,
+        cuda_graph=c.cuda_graph,
+        baseline=c.baseline,
+        batch=batch,
+        height=height,
+        width=width,
+        iterations=len(samples),
+        **stats,
+        throughput_img_s=img_s,
+        throughput_mpix_s=img_s * height * width / 1e6,
+        peak_rss_mib=warm.peak_rss_mib,
+        rss_delta_mib=warm.rss_delta_mib,
+        device_memory_mib=warm.device_memory_mib,
+        macs_per_image=macs,
+        gmac_s=macs * img_s / 1e9 if macs is not None else None,
+        avg_power_mw=power,
+        energy_mj_per_image=energy,
+    )
 
 
 def _power(

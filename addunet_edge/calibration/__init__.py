@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
+from .calibration_set import MIN_CALIBRATION_IMAGES, CalibrationSet
 from .fp16 import DEFAULT_BLOCK_OPS, FP16_OVERFLOW_ABS, convert_fp16
 from .qdq import TARGETS, quantizable_nodes, quantize_int8
-from .ranges import (
-    DEFAULT_PERCENTILE,
-    METHODS,
-    MIN_CALIBRATION_IMAGES,
-    CalibrationSet,
-    Ranges,
-    collect_ranges,
-)
+from .ranges import DEFAULT_PERCENTILE, METHODS, Ranges, collect_ranges
 from .sensitivity import (
     CalibrationReport,
     EvalImages,

@@ -12,17 +12,9 @@ import numpy as np
 from .._lazy import require
 from ..artifacts import atomic_path, sha256_file, write_manifest
 from ..errors import ArtifactError
-from .ranges import (
-    INPUT_NAME,
-    CalibrationSet,
-    as_calibration_set,
-    collect_ranges,
-    model_channels,
-    prepare_model,
-    session,
-    strip_unused_opsets,
-    toposort,
-)
+from .calibration_set import CalibrationSet, as_calibration_set
+from .graph import INPUT_NAME, model_channels, prepare_model, session, strip_unused_opsets, toposort
+from .ranges import collect_ranges
 
 log = logging.getLogger("addunet_edge.calibration")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .calibration_set import CalibrationSet
 from .qdq import HighPrecision, Target
-from .ranges import DEFAULT_PERCENTILE, CalibrationSet
+from .ranges import DEFAULT_PERCENTILE
 from .sensitivity import (
     DEFAULT_METHOD,
     CalibrationReport,

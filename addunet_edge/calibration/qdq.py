@@ -18,7 +18,7 @@ from .._lazy import require
 from ..artifacts import atomic_path, sha256_file, write_manifest
 from ..errors import ArtifactError, ConfigError
 from .fp16 import FP16_OVERFLOW_ABS
-from .ranges import (
+from .graph import (
     INPUT_NAME,
     activation_tensors,
     model_channels,
@@ -81,31 +81,10 @@ def quantize_int8(
     ModelOpt for the DLA placement (Q/DQ on every tensor). target 'cpu' is ONNX Runtime's QDQ layout, whose
     float parts are float32 (`high_precision` must then be None or 'fp32').
     """
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
-    precision = high_precision or ("fp16" if target == "tensorrt" else "fp32")
-    if precision not in HIGH_PRECISIONS:
-        raise ConfigError(f"high_precision must be one of {', '.join(HIGH_PRECISIONS)}; got {high_precision!r}")
-    if target == "cpu" and (precision != "fp32" or dla):
-        raise ConfigError(
-            "target cpu keeps float32 outside its int8 ops (ONNX Runtime's x86 kernels) and has no DLA: "
-            "high_precision='fp16' and dla are for target tensorrt"
-        )
-    if target == "tensorrt" and not per_channel:
-        raise ConfigError("target tensorrt quantizes weights per channel (ModelOpt, as TensorRT wants them)")
+    precision = _high_precision_for(target, high_precision, per_channel, dla)
     onnx = require("onnx", "int8 quantization")
     model = prepare_model(onnx_in)
-    missing = [n for n in activation_tensors(model) if n not in ranges]
-    if missing:
-        raise ConfigError(
-            f"the ranges do not cover {len(missing)} activation(s) of {onnx_in} (e.g. {missing[:3]}): "
-            "they were computed for another model; run collect_ranges on this one"
-        )
-    known = {n.name for n in model.graph.node}
-    unknown = [n for n in exclude_nodes if n not in known]
-    if unknown:
-        sample = ", ".join(quantizable_nodes(model, target, dla=dla)[:12])
-        raise ConfigError(f"--exclude names unknown node(s) {unknown}; quantizable nodes include: {sample}")
+    _check_model_covered(model, onnx_in, ranges, exclude_nodes, target, dla)
     if target == "tensorrt":
         if precision == "fp16":
             _check_fp16_ranges(ranges)
@@ -125,7 +104,6 @@ def quantize_int8(
     onnx_out = Path(onnx_out)
     with atomic_path(onnx_out) as tmp:
         onnx.save(qmodel, str(tmp))
-    meta = getattr(ranges, "method", None)
     tensorrt_only = {"dla": dla} if target == "tensorrt" else {}
     write_manifest(
         onnx_out,
@@ -138,13 +116,7 @@ def quantize_int8(
         high_precision=precision,
         **tensorrt_only,
         opset=max(o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")),
-        calibration={
-            "method": meta,
-            "data": getattr(ranges, "data_name", None),
-            "percentile": getattr(ranges, "percentile", None),
-            "set_size": getattr(ranges, "set_size", None),
-            "data_sha256": getattr(ranges, "data_sha256", None),
-        },
+        calibration=_calibration_record(ranges),
         source=Path(onnx_in).name,
         source_sha256=sha256_file(onnx_in),
         excluded_nodes=list(exclude_nodes),
@@ -152,6 +124,57 @@ def quantize_int8(
         **dict(manifest_extra or {}),
     )
     return onnx_out
+
+
+def _high_precision_for(target: str, high_precision: str | None, per_channel: bool, dla: bool) -> str:
+    """The dtype outside the int8 ops (fp16 for tensorrt, fp32 for cpu unless asked); refuses what a target
+    cannot do."""
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    precision = high_precision or ("fp16" if target == "tensorrt" else "fp32")
+    if precision not in HIGH_PRECISIONS:
+        raise ConfigError(f"high_precision must be one of {', '.join(HIGH_PRECISIONS)}; got {high_precision!r}")
+    if target == "cpu" and (precision != "fp32" or dla):
+        raise ConfigError(
+            "target cpu keeps float32 outside its int8 ops (ONNX Runtime's x86 kernels) and has no DLA: "
+            "high_precision='fp16' and dla are for target tensorrt"
+        )
+    if target == "tensorrt" and not per_channel:
+        raise ConfigError("target tensorrt quantizes weights per channel (ModelOpt, as TensorRT wants them)")
+    return precision
+
+
+def _check_model_covered(
+    model: Any,
+    onnx_in: str | Path,
+    ranges: Mapping[str, tuple[float, float]],
+    exclude_nodes: Sequence[str],
+    target: Target,
+    dla: bool,
+) -> None:
+    """The ranges must cover every activation of `model`, and every excluded node must be one of its nodes."""
+    missing = [n for n in activation_tensors(model) if n not in ranges]
+    if missing:
+        raise ConfigError(
+            f"the ranges do not cover {len(missing)} activation(s) of {onnx_in} (e.g. {missing[:3]}): "
+            "they were computed for another model; run collect_ranges on this one"
+        )
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in exclude_nodes if n not in known]
+    if unknown:
+        sample = ", ".join(quantizable_nodes(model, target, dla=dla)[:12])
+        raise ConfigError(f"--exclude names unknown node(s) {unknown}; quantizable nodes include: {sample}")
+
+
+def _calibration_record(ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """The manifest's `calibration` entry: how the ranges were made (None for plain mappings without that record)."""
+    return {
+        "method": getattr(ranges, "method", None),
+        "data": getattr(ranges, "data_name", None),
+        "percentile": getattr(ranges, "percentile", None),
+        "set_size": getattr(ranges, "set_size", None),
+        "data_sha256": getattr(ranges, "data_sha256", None),
+    }
 
 
 def _smoke_run(model: Any) -> None:

@@ -1,11 +1,10 @@
-"""Calibration sets, graph preparation and activation ranges (minmax, percentile, entropy), cached in JSON."""
+"""Activation ranges (minmax, percentile, entropy) of the prepared graph on a calibration set, cached in JSON."""
 
 from __future__ import annotations
 
 import logging
 import math
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,261 +12,21 @@ import numpy as np
 
 from .._lazy import require
 from ..artifacts import atomic_write_json, read_json, sha256_file
-from ..data import array_hash
 from ..errors import ArtifactError, ConfigError, DataError
 from ..progress import progress_bar
+from .calibration_set import CalibrationSet, as_calibration_set
+from .graph import INPUT_NAME, activation_tensors, model_channels, prepare_model, session
 
 log = logging.getLogger("addunet_edge.calibration")
 
 Method = Literal["minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
-INPUT_NAME = "noisy"
-OUTPUT_NAMES = ("denoised", "logits")
-# Fewer images than this give ranges that are mostly noise; refused rather than silently trusted.
-MIN_CALIBRATION_IMAGES = 8
 DEFAULT_PERCENTILE = 99.999  # DESIGN §2a: beats MinMax by ~0.2 dB on the multi-task model
 CACHE_SCHEMA = 1
 _PERCENTILE_BINS = 16384  # fine enough that the 99.999th percentile is not just the max bin edge
 _ENTROPY_BINS = 2048  # TensorRT's entropy calibrator uses 2048 bins of |x| and 128 quantized levels
 _ENTROPY_LEVELS = 128
 _ENTROPY_STRIDE = 4  # candidate thresholds every 4 bins: 4x faster, same answer to a bin or two
-
-
-class CalibrationSet:
-    """Noisy images (N, C, H, W) float32 in [0, 1], optional clean targets and labels, served in batches."""
-
-    def __init__(
-        self,
-        noisy: np.ndarray,
-        clean: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
-        *,
-        batch_size: int = 8,
-        size: int | None = None,
-        name: str = "arrays",
-    ) -> None:
-        noisy = np.asarray(noisy)
-        if noisy.ndim != 4:
-            raise DataError(f"calibration images must be (N, C, H, W), got shape {noisy.shape}")
-        if size is not None:
-            if size < 1:
-                raise ConfigError(f"calibration size must be positive, got {size}")
-            noisy = noisy[:size]
-            clean = None if clean is None else np.asarray(clean)[:size]
-            labels = None if labels is None else np.asarray(labels)[:size]
-        n = noisy.shape[0]
-        if n == 0:
-            raise DataError(f"calibration set '{name}' is empty: give it at least {MIN_CALIBRATION_IMAGES} images")
-        if n < MIN_CALIBRATION_IMAGES:
-            raise DataError(
-                f"calibration set '{name}' has {n} image(s); at least {MIN_CALIBRATION_IMAGES} are needed "
-                "for ranges that generalise (use a larger --calibration-images or another dataset)"
-            )
-        if not np.issubdtype(noisy.dtype, np.floating):
-            raise DataError(f"calibration images must be float in [0, 1], got dtype {noisy.dtype}")
-        if not np.all(np.isfinite(noisy)):
-            raise DataError(f"calibration set '{name}' contains NaN or infinite values")
-        if clean is not None:
-            clean = np.asarray(clean, dtype=np.float32)
-            if clean.shape != noisy.shape:
-                raise DataError(f"clean targets have shape {clean.shape}, noisy images {noisy.shape}")
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape != (n,):
-                raise DataError(f"labels have shape {labels.shape}, expected ({n},)")
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
-        self.noisy = np.ascontiguousarray(noisy, dtype=np.float32)
-        self.clean = clean
-        self.labels = labels
-        self.batch_size = int(batch_size)
-        self.name = name
-
-    def __len__(self) -> int:
-        return int(self.noisy.shape[0])
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), self.batch_size):
-            yield self.noisy[start : start + self.batch_size]
-
-    @property
-    def channels(self) -> int:
-        return int(self.noisy.shape[1])
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(len(self) / self.batch_size)
-
-    @property
-    def data_sha256(self) -> str:
-        """Identifies the images that ranges were computed from (the noisy inputs only)."""
-        return array_hash(self.noisy)
-
-    def check_channels(self, channels: int | None, model: str | Path) -> None:
-        if channels is not None and channels != self.channels:
-            raise DataError(
-                f"calibration set '{self.name}' has {self.channels} channel(s) but {model} expects "
-                f"{channels}: load the dataset with the model's channel count"
-            )
-
-    def split(self, holdout_fraction: float = 0.25) -> tuple[CalibrationSet, CalibrationSet]:
-        """(calibration part, held-out part): ranges come from the first, drift is scored on the second."""
-        n_hold = max(2, round(len(self) * holdout_fraction))
-        n_cal = len(self) - n_hold
-        if n_cal < MIN_CALIBRATION_IMAGES:
-            raise DataError(
-                f"calibration set '{self.name}' has {len(self)} images: too few to hold out {n_hold} "
-                f"for scoring and keep {MIN_CALIBRATION_IMAGES} for ranges "
-                f"(use at least {MIN_CALIBRATION_IMAGES + 3})"
-            )
-
-        def part(sl: slice, suffix: str) -> CalibrationSet:
-            return CalibrationSet(
-                self.noisy[sl],
-                None if self.clean is None else self.clean[sl],
-                None if self.labels is None else self.labels[sl],
-                batch_size=self.batch_size,
-                name=f"{self.name}[{suffix}]",
-            )
-
-        cal = part(slice(0, n_cal), "calibration")
-        # The held-out part may be smaller than the calibration minimum: bypass that check for it.
-        hold = CalibrationSet.__new__(CalibrationSet)
-        hold.noisy, hold.batch_size, hold.name = self.noisy[n_cal:], self.batch_size, f"{self.name}[held-out]"
-        hold.clean = None if self.clean is None else self.clean[n_cal:]
-        hold.labels = None if self.labels is None else self.labels[n_cal:]
-        return cal, hold
-
-
-def as_calibration_set(data: CalibrationSet | np.ndarray, batch_size: int = 8) -> CalibrationSet:
-    return data if isinstance(data, CalibrationSet) else CalibrationSet(data, batch_size=batch_size)
-
-
-# --- ONNX loading and preparation -------------------------------------------------------------------
-
-
-def load_onnx(path: str | Path) -> Any:
-    """Load and check a float model with the package's signature; ArtifactError on anything else."""
-    onnx = require("onnx", "calibration")
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"ONNX file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, OSError... for corrupt files
-        raise ArtifactError(f"{path} is not a valid ONNX model ({type(e).__name__}: {e}); re-export it") from None
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    outputs = [o.name for o in model.graph.output]
-    if inputs != [INPUT_NAME] or tuple(outputs) != OUTPUT_NAMES:
-        raise ArtifactError(
-            f"{path} has inputs {inputs} and outputs {outputs}; expected input '{INPUT_NAME}' and outputs "
-            f"{list(OUTPUT_NAMES)} (export it with addunet-edge export)"
-        )
-    return model
-
-
-def model_channels(model: Any) -> int | None:
-    """Channel count of the 'noisy' input, or None when it is symbolic."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return int(dims[1].dim_value) if len(dims) == 4 and dims[1].HasField("dim_value") else None
-
-
-def prepare_model(path: str | Path) -> Any:
-    """The float graph every precision variant starts from: constants folded, shared weights unshared.
-
-    ONNX Runtime's basic (hardware-independent) optimisations fold Constant/Identity chains and constant
-    sub-graphs (a live Softplus on the gates, say) so that every Conv sees plain initializers, which the
-    quantizers need. Weight initializers shared by several nodes get one copy each, because int8 biases
-    are scaled per consumer. The result depends only on the file, so ranges and Q/DQ agree on names.
-    """
-    from ..engines.ort import ort_session
-
-    onnx = require("onnx", "calibration")
-    load_onnx(path)
-    with tempfile.TemporaryDirectory(prefix="addunet-prep-") as tmp:
-        out = Path(tmp) / "prepared.onnx"
-        ort_session(path, optimization="basic", optimized_model_path=out)
-        model = onnx.load(str(out))
-    _unshare_initializers(model)
-    strip_unused_opsets(model)
-    toposort(model.graph)
-    return model
-
-
-def _unshare_initializers(model: Any) -> None:
-    onnx = require("onnx", "calibration")
-    inits = {t.name: t for t in model.graph.initializer}
-    seen: set[str] = set()
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name not in inits:
-                continue
-            if name in seen:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(inits[name])
-                copy.name = f"{name}__{node.name or node.op_type}_{i}"
-                model.graph.initializer.append(copy)
-                node.input[i] = copy.name
-            else:
-                seen.add(name)
-
-
-def strip_unused_opsets(model: Any) -> None:
-    """Drop opset imports of domains no node uses (ORT adds a dozen that other tools warn about)."""
-    used = {n.domain or "" for n in model.graph.node}
-    keep = [o for o in model.opset_import if (o.domain or "") in used or (o.domain or "") in ("", "ai.onnx")]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-
-
-def toposort(graph: Any) -> None:
-    """Sort nodes topologically in place (graph rewriters append nodes at the end)."""
-    available = {t.name for t in graph.initializer} | {t.name for t in graph.input} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ArtifactError(f"graph has a cycle or a dangling input near node {rest[0].name!r}")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def activation_tensors(model: Any) -> list[str]:
-    """Every float32 tensor computed from the input (node inputs and outputs, the input itself)."""
-    onnx = require("onnx", "calibration")
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    }
-    constants = {t.name for t in model.graph.initializer}
-    names: list[str] = []
-    seen: set[str] = set()
-    for node in model.graph.node:
-        for name in [*node.input, *node.output]:
-            if name and name not in constants and name not in seen:
-                seen.add(name)
-                if types.get(name) == onnx.TensorProto.FLOAT:
-                    names.append(name)
-    return names
-
-
-def session(model: Any, threads: int = 0) -> Any:
-    """A CPU ONNX Runtime session on a ModelProto or a path; ArtifactError when ORT refuses it."""
-    from ..engines.ort import ort_session
-
-    return ort_session(model, threads=threads)
-
-
-# --- ranges ---------------------------------------------------------------------------------------
 
 
 class Ranges(dict[str, tuple[float, float]]):

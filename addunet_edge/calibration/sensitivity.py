@@ -14,19 +14,10 @@ import numpy as np
 from ..errors import BudgetError, ConfigError, DataError
 from ..metrics import Drift, fmt_signed, psnr, score_outputs, worst
 from ..progress import progress_bar
+from .calibration_set import CalibrationSet
+from .graph import INPUT_NAME, load_onnx, model_channels, prepare_model, session
 from .qdq import TARGETS, HighPrecision, Target, quantizable_nodes, quantize_int8
-from .ranges import (
-    DEFAULT_PERCENTILE,
-    INPUT_NAME,
-    METHODS,
-    CalibrationSet,
-    Ranges,
-    collect_ranges,
-    load_onnx,
-    model_channels,
-    prepare_model,
-    session,
-)
+from .ranges import DEFAULT_PERCENTILE, METHODS, Ranges, collect_ranges
 
 SensitivityMode = Literal["only", "leave_out"]
 DEFAULT_METHOD = "percentile"  # DESIGN §2a: percentile 99.999 beat minmax; entropy was catastrophic
@@ -183,6 +174,14 @@ def calibrate(
     scores: dict[str, Drift] = {}
     messages: list[str] = []
     found: dict[str, Ranges] = {}
+    quantize: dict[str, Any] = {
+        "target": target,
+        "per_channel": per_channel,
+        "exclude_nodes": exclude_nodes,
+        "exclude_op_types": exclude_op_types,
+        "high_precision": high_precision,
+        "dla": dla,
+    }
     with tempfile.TemporaryDirectory(prefix="addunet-cal-") as tmp:
         for m in candidates:
             ranges = collect_ranges(
@@ -190,30 +189,10 @@ def calibrate(
             )
             messages += ranges.messages
             found[m] = ranges
-            trial = quantize_int8(
-                onnx_fp32,
-                Path(tmp) / f"{m}.onnx",
-                ranges,
-                target=target,
-                per_channel=per_channel,
-                exclude_nodes=exclude_nodes,
-                exclude_op_types=exclude_op_types,
-                high_precision=high_precision,
-                dla=dla,
-            )
+            trial = quantize_int8(onnx_fp32, Path(tmp) / f"{m}.onnx", ranges, **quantize)
             scores[m] = score_outputs(fp32_out, run_onnx(trial, hold.noisy, batch_size), hold.clean, hold.labels)
     best = max(scores, key=lambda m: _rank_key(scores[m]))
-    out = quantize_int8(
-        onnx_fp32,
-        out_path,
-        found[best],
-        target=target,
-        per_channel=per_channel,
-        exclude_nodes=exclude_nodes,
-        exclude_op_types=exclude_op_types,
-        high_precision=high_precision,
-        dla=dla,
-    )
+    out = quantize_int8(onnx_fp32, out_path, found[best], **quantize)
     return CalibrationReport(
         out_path=out,
         target=target,
@@ -265,14 +244,7 @@ def fallback_to_budget(
     would be a float model in disguise) do not meet the budget, `on_miss='raise'` raises BudgetError and
     writes nothing; 'keep_best' writes the least harmful model found and reports met_budget=False.
     """
-    if max_psnr_drift_db < 0 or max_acc_drop_pt < 0:
-        raise ConfigError("drift budgets are magnitudes and must be non-negative")
-    if mode not in ("leave_out", "only"):
-        raise ConfigError(f"sensitivity mode must be 'only' or 'leave_out', got {mode!r}")
-    if on_miss not in ("raise", "keep_best"):
-        raise ConfigError(f"on_miss must be 'raise' or 'keep_best', got {on_miss!r}")
-    if not evaluation:
-        raise DataError("the drift budget needs at least one group of evaluation images")
+    _check_fallback_request(max_psnr_drift_db, max_acc_drop_pt, mode, on_miss, evaluation)
     data = _calibration_set(onnx_fp32, calib_noisy, None, None, batch_size)
     for group in evaluation:
         data.check_channels(group.noisy.shape[1], f"the evaluation images '{group.name}'")
@@ -282,18 +254,11 @@ def fallback_to_budget(
     base = list(exclude_nodes)
     candidates = [n for n in quantizable_nodes(prepare_model(onnx_fp32), target) if n not in base]
     budget = _Budget(max_psnr_drift_db, max_acc_drop_pt)
+    limit = max(1, math.floor(max_float_fraction * len(candidates))) if max_float_nodes is None else max_float_nodes
+    quantize: dict[str, Any] = {"exclude_op_types": exclude_op_types, "high_precision": high_precision, "dla": dla}
     with tempfile.TemporaryDirectory(prefix="addunet-fallback-") as tmp:
-        quantize = {"exclude_op_types": exclude_op_types, "high_precision": high_precision, "dla": dla}
         trials = _Trials(onnx_fp32, Path(tmp), ranges, target, quantize, evaluation, batch_size)
-        before = trials.score(base)
-        sensitivity: dict[str, float] = {}
-        float_nodes: list[str] = []
-        after, met, limit = before, budget.holds(before), 0
-        if not met:
-            sensitivity = _sensitivity(trials, base, candidates, mode, before, budget, progress)
-            ranked = sorted(candidates, key=lambda n: sensitivity[n], reverse=True)
-            limit = max(1, math.floor(max_float_fraction * len(ranked))) if max_float_nodes is None else max_float_nodes
-            float_nodes, after, met = _keep_float(trials, base, ranked[:limit], before, budget)
+        before, after, met, float_nodes, sensitivity = _search(trials, base, candidates, mode, budget, limit, progress)
     report = FallbackReport(
         out_path=Path(out_path),
         target=target,
@@ -308,30 +273,40 @@ def fallback_to_budget(
         groups=[g.name for g in evaluation],
         messages=list(ranges.messages),
     )
-    if not met and on_miss == "raise":
+    if not met:
+        _budget_missed(report, limit, on_miss)
+    quantize_int8(onnx_fp32, out_path, ranges, target=target, exclude_nodes=[*base, *float_nodes], **quantize)
+    return report
+
+
+def _check_fallback_request(
+    max_psnr_drift_db: float, max_acc_drop_pt: float, mode: str, on_miss: str, evaluation: Sequence[EvalImages]
+) -> None:
+    if max_psnr_drift_db < 0 or max_acc_drop_pt < 0:
+        raise ConfigError("drift budgets are magnitudes and must be non-negative")
+    if mode not in ("leave_out", "only"):
+        raise ConfigError(f"sensitivity mode must be 'only' or 'leave_out', got {mode!r}")
+    if on_miss not in ("raise", "keep_best"):
+        raise ConfigError(f"on_miss must be 'raise' or 'keep_best', got {on_miss!r}")
+    if not evaluation:
+        raise DataError("the drift budget needs at least one group of evaluation images")
+
+
+def _budget_missed(report: FallbackReport, limit: int, on_miss: OnMiss) -> None:
+    """Raise BudgetError (on_miss 'raise', nothing written) or say in the report that the budget was not met."""
+    after, kept = report.after, len(report.float_nodes)
+    if on_miss == "raise":
         raise BudgetError(
-            f"int8 cannot meet the budget (drift >= -{max_psnr_drift_db:g} dB, accuracy change >= "
-            f"-{max_acc_drop_pt:g} pt at every noise level) with at most {limit} node(s) in float: the best "
-            f"kept {len(float_nodes)} float and reached drift {fmt_signed(after.psnr_drift_db, '.3f')} dB, "
+            f"int8 cannot meet the budget (drift >= -{report.max_psnr_drift_db:g} dB, accuracy change >= "
+            f"-{report.max_acc_drop_pt:g} pt at every noise level) with at most {limit} node(s) in float: the best "
+            f"kept {kept} float and reached drift {fmt_signed(after.psnr_drift_db, '.3f')} dB, "
             f"accuracy change {fmt_signed(after.accuracy_change_pt, '.2f')} pt. Use the fp16 model, a looser "
             "budget, quantization-aware fine-tuning (finetune --qat), or retrain with norm/bound."
         )
-    if not met:
-        report.messages.append(
-            f"int8 budget not met within {limit} float node(s): kept the least harmful model "
-            f"({len(float_nodes)} float, drift {fmt_signed(after.psnr_drift_db, '.3f')} dB)"
-        )
-    quantize_int8(
-        onnx_fp32,
-        out_path,
-        ranges,
-        target=target,
-        exclude_nodes=[*base, *float_nodes],
-        exclude_op_types=exclude_op_types,
-        high_precision=high_precision,
-        dla=dla,
+    report.messages.append(
+        f"int8 budget not met within {limit} float node(s): kept the least harmful model "
+        f"({kept} float, drift {fmt_signed(after.psnr_drift_db, '.3f')} dB)"
     )
-    return report
 
 
 @dataclass(frozen=True)
@@ -381,6 +356,27 @@ class _Trials:
                 for g, ref in zip(self.evaluation, self.references, strict=True)
             ]
         )
+
+
+def _search(
+    trials: _Trials,
+    base: list[str],
+    candidates: list[str],
+    mode: SensitivityMode,
+    budget: _Budget,
+    limit: int,
+    progress: bool,
+) -> tuple[Drift, Drift, bool, list[str], dict[str, float]]:
+    """(plain int8's score, the fallback's score, met, float nodes, node -> sensitivity): when plain int8
+    breaks the budget, the candidates are ranked by sensitivity and up to `limit` of them kept float, most
+    sensitive first."""
+    before = trials.score(base)
+    if budget.holds(before):
+        return before, before, True, [], {}
+    sensitivity = _sensitivity(trials, base, candidates, mode, before, budget, progress)
+    ranked = sorted(candidates, key=lambda n: sensitivity[n], reverse=True)
+    float_nodes, after, met = _keep_float(trials, base, ranked[:limit], before, budget)
+    return before, after, met, float_nodes, sensitivity
 
 
 def _sensitivity(

@@ -9,6 +9,7 @@ import typer
 
 from ..build import DEFAULT_PROFILE_BATCH, DEFAULT_PROFILE_SIZES
 from ._common import SigmaOpt, command, console, int8_budget
+from .choices import Backend, CalibrationMethod, Int8Target, Precision
 
 
 def register(app: typer.Typer) -> None:
@@ -16,17 +17,17 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         source: Annotated[Path, typer.Argument(help="Checkpoint folder or ONNX file.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("engines"),
-        precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp16",
+        precision: Annotated[Precision, typer.Option(help="What the model computes in.")] = Precision.fp16,
         backend: Annotated[
-            str, typer.Option(help="auto (TensorRT where it and a GPU exist) | tensorrt | onnxruntime")
-        ] = "auto",
+            Backend, typer.Option(help="auto: TensorRT where it and a GPU exist, else ONNX Runtime.")
+        ] = Backend.auto,
         target: Annotated[
-            str | None, typer.Option(help="int8 flavour: tensorrt (symmetric) | cpu (fast on ORT x86).")
+            Int8Target | None, typer.Option(help="int8 flavour: tensorrt (symmetric) | cpu (fast on ORT x86).")
         ] = None,
         dataset: Annotated[str | None, typer.Option(help="Calibration data (default: the training set).")] = None,
         method: Annotated[
-            str, typer.Option(help="int8 calibration: percentile | minmax | entropy | auto")
-        ] = "percentile",
+            CalibrationMethod, typer.Option(help="int8 calibration (auto: the least drift of each).")
+        ] = CalibrationMethod.percentile,
         calibration_images: Annotated[int, typer.Option(help="Calibration set size.")] = 256,
         sigma: SigmaOpt = 25.0,
         max_psnr_drift: Annotated[
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         from ..build import build
 
         trt_options = None
-        if backend != "onnxruntime":
+        if backend is not Backend.onnxruntime:
             from ..engines.plan import BuildProfile
 
             trt_options = {
@@ -64,11 +65,11 @@ def register(app: typer.Typer) -> None:
             result = build(
                 source,
                 out,
-                precision=precision,
-                backend=backend,
-                target=target,
+                precision=precision.value,
+                backend=backend.value,
+                target=target.value if target is not None else None,
                 dataset=dataset,
-                method=method,
+                method=method.value,
                 calibration_images=calibration_images,
                 sigma=sigma,
                 budget=int8_budget(max_psnr_drift, max_acc_drop),
@@ -78,4 +79,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {note}")
         for tag, path in result.onnx.items():
             console.print(f"  {tag:5s} {path}")
-        console.print(f"[green]built[/] {result.artifact} ({result.backend}, {precision})")
+        console.print(f"[green]built[/] {result.artifact} ({result.backend}, {precision.value})")

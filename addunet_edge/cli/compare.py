@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         sigma (mean over images, best in bold), and whether the checkpoint beats BM3D on camera.
         """
         from ..artifacts import atomic_write_json
-        from ..compare import bm3d_verdict_lines, compare, summary_table, write_reports
+        from ..compare import compare
+        from ..compare_report import bm3d_verdict_lines, summary_table, write_reports
         from ..engines import options_for
 
         def options(path: Path) -> dict[str, Any]:

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything it makes.")] = Path(
             "runs/quickstart"
         ),
-        epochs: Annotated[int, typer.Option(help="Training epochs (0 = the digits recipe's default).")] = 0,
+        epochs: Annotated[
+            int | None, typer.Option(min=1, help="Training epochs. Unset: the digits recipe's default.")
+        ] = None,
         seed: SeedOpt = 0,
         threads: Annotated[
             int, typer.Option(help="CPU threads for training and the benchmark (pinned: it changes the weights).")
@@ -27,12 +29,12 @@ def register(app: typer.Typer) -> None:
         """Train AddUNet on digits, export, fp16, int8, (TensorRT), validate and bench; reports under --out."""
         from ..artifacts import output_lock
         from ..quickstart import quickstart, render_summary
-        from ..validation import budget_error
+        from ..validation_results import budget_error
 
         with output_lock(out):
             result = quickstart(
                 out,
-                epochs=epochs or None,
+                epochs=epochs,
                 seed=seed,
                 threads=threads,
                 bench_iterations=iterations,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,13 @@ import typer
 from rich.markup import escape
 
 from ._common import DeviceOpt, command, console, parse_float_list
+
+
+class Blocks(str, Enum):
+    """The block flavour of both architectures (`study.BLOCKS`)."""
+
+    paper = "paper"
+    deploy = "deploy"
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +36,9 @@ def register(app: typer.Typer) -> None:
         depth: Annotated[int, typer.Option(help="Levels, both architectures.")] = 4,
         epochs: Annotated[int, typer.Option(help="Epochs per run (0 = as many as the budget allows).")] = 0,
         photos: Annotated[bool, typer.Option(help="Also train denoise-only on photos.")] = True,
-        blocks: Annotated[str, typer.Option(help="paper (plain blocks) | deploy (BatchNorm, bounds).")] = "paper",
+        blocks: Annotated[
+            Blocks, typer.Option(help="paper (plain blocks) | deploy (BatchNorm, bounds).")
+        ] = Blocks.paper,
         limit: Annotated[int, typer.Option(help="Training images per epoch, for quick checks (0 = all).")] = 0,
         device: DeviceOpt = "cpu",
     ) -> None:
@@ -36,7 +46,8 @@ def register(app: typer.Typer) -> None:
 
         Re-running in the same --out skips runs that already finished and resumes interrupted ones.
         """
-        from ..study import StudyConfig, run_study, study_table
+        from ..study import StudyConfig, run_study
+        from ..study_report import study_table
 
         config = StudyConfig(
             out=out,
@@ -47,7 +58,7 @@ def register(app: typer.Typer) -> None:
             depth=depth,
             epochs=epochs or None,
             photos=photos,
-            blocks=blocks,
+            blocks=blocks.value,
             limit=limit or None,
             device=device,
         )

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from ._common import DatasetOpt, DeviceOpt, SeedOpt, command, console
+
+# The choices of the model's options (model.Arch, Resampling, Norm and HeadCapacity), spelled out here: importing
+# the model would import torch into the start-up of every command. Typer lists them in --help and checks them.
+Arch = Literal["addunet", "concat"]
+Resampling = Literal["none", "stride"]
+Norm = Literal["batch", "none"]
+Head = Literal["limited", "full", "conv"]
+# An unset option (None) takes the recipe's value for the dataset, or the model's default where it has none.
 
 
 def register(app: typer.Typer) -> None:
@@ -15,24 +23,47 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         dataset: DatasetOpt = "digits",
         out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")] = Path("runs/train"),
-        arch: Annotated[str, typer.Option(help="addunet | concat (the baseline U-Net).")] = "addunet",
-        sigma: Annotated[str, typer.Option(help="Noise sigma (0-255), or a range like 5-55 for blind training.")] = "",
-        epochs: Annotated[int, typer.Option(help="Number of epochs.")] = 0,
-        minutes: Annotated[float, typer.Option(help="Time budget in minutes (0 = none).")] = 0.0,
-        batch_size: Annotated[int, typer.Option(help="Batch size (0 = the recipe's).")] = 0,
-        lr: Annotated[float, typer.Option(help="Peak learning rate, AdamW (0 = the recipe's).")] = 0.0,
+        arch: Annotated[Arch, typer.Option(help="The model; concat is the baseline U-Net.")] = "addunet",
+        sigma: Annotated[
+            str | None,
+            typer.Option(help="Noise sigma (0-255), or a range like 5-55 for blind training. Unset: the recipe's."),
+        ] = None,
+        epochs: Annotated[
+            int | None,
+            typer.Option(min=1, help="Number of epochs. Unset: the recipe's (and its --minutes, if it has one)."),
+        ] = None,
+        minutes: Annotated[
+            float | None,
+            typer.Option(help="Time budget in minutes. Unset: the recipe's if --epochs is unset too, else none."),
+        ] = None,
+        batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size. Unset: the recipe's.")] = None,
+        lr: Annotated[float | None, typer.Option(help="Peak learning rate, AdamW. Unset: the recipe's.")] = None,
         cls_weight: Annotated[
-            float, typer.Option("--lambda", help="Weight of the classification loss (-1 = the recipe's).")
-        ] = -1.0,
-        width: Annotated[int, typer.Option(help="Channels at every level.")] = 0,
-        depth: Annotated[int, typer.Option(help="Encoder blocks (= gated skips).")] = 0,
-        kernel_sizes: Annotated[str, typer.Option(help="Kernel size per level, e.g. 3 or 5,3,3,3.")] = "",
-        resampling: Annotated[str, typer.Option(help="none (full-rate) | stride (multi-scale).")] = "",
-        residual: Annotated[bool | None, typer.Option("--residual/--direct", help="Predict the noise.")] = None,
-        norm: Annotated[str, typer.Option(help="batch | none (none = the paper's plain blocks).")] = "",
-        bound: Annotated[float, typer.Option(help="State clamp (0 = unbounded, the paper's plain blocks).")] = -1.0,
+            float | None,
+            typer.Option("--lambda", min=0.0, help="Weight of the classification loss. Unset: the recipe's."),
+        ] = None,
+        width: Annotated[int | None, typer.Option(min=1, help="Channels at every level. Unset: the recipe's.")] = None,
+        depth: Annotated[
+            int | None, typer.Option(min=1, help="Encoder blocks (= gated skips). Unset: the recipe's.")
+        ] = None,
+        kernel_sizes: Annotated[
+            str | None, typer.Option(help="Kernel size per level, e.g. 3 or 5,3,3,3. Unset: the recipe's.")
+        ] = None,
+        resampling: Annotated[
+            Resampling | None, typer.Option(help="none: full-rate; stride: multi-scale. Unset: the recipe's.")
+        ] = None,
+        residual_output: Annotated[bool | None, typer.Option("--residual/--direct", help="Predict the noise.")] = None,
+        norm: Annotated[
+            Norm | None, typer.Option(help="none: the paper's plain blocks. Unset: the model's default, batch.")
+        ] = None,
+        bound: Annotated[
+            float | None,
+            typer.Option(
+                min=0.0, help="State clamp; 0 = unbounded (the paper's plain blocks). Unset: the model's default, 4."
+            ),
+        ] = None,
         head: Annotated[
-            str, typer.Option(help="limited (linear) | full (MLP) | conv (two strided convs) classifier head.")
+            Head, typer.Option(help="Classifier head: limited = linear, full = MLP, conv = two strided convs.")
         ] = "limited",
         head_projection: Annotated[
             bool | None,
@@ -48,49 +79,23 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         plain: Annotated[
-            bool,
-            typer.Option(help="The paper's plain AddUNet: no BatchNorm, no state bound, no head projection."),
+            bool, typer.Option(help="The paper's plain AddUNet: no BatchNorm, no state bound, no head projection.")
         ] = False,
         denoise_only: Annotated[bool, typer.Option(help="No classifier (num_classes = 0).")] = False,
-        channels: Annotated[int, typer.Option(help="1 (gray) or 3 (RGB).")] = 1,
-        image_size: Annotated[int, typer.Option(help="Image size for digits / class folders.")] = 32,
-        patch_size: Annotated[int, typer.Option(help="Training patch size for photos.")] = 0,
+        in_channels: Annotated[int, typer.Option("--channels", help="1 (gray) or 3 (RGB).")] = 1,
+        size: Annotated[int, typer.Option("--image-size", help="Image size for digits / class folders.")] = 32,
+        patch_size: Annotated[
+            int | None, typer.Option(min=1, help="Training patch size for photos. Unset: the recipe's, 64.")
+        ] = None,
         seed: SeedOpt = 0,
         device: DeviceOpt = "cpu",
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last epoch.")] = False,
     ) -> None:
         """Train a model; the checkpoint folder is --out (best model), with last/ for --resume."""
+        options = dict(locals())  # every option is the train_recipe keyword of the same name
         from ..recipes import train_recipe
 
-        summary = train_recipe(
-            dataset=dataset,
-            out=out,
-            arch=arch,
-            sigma=sigma or None,
-            epochs=epochs or None,
-            minutes=minutes or None,
-            batch_size=batch_size or None,
-            lr=lr or None,
-            cls_weight=None if cls_weight < 0 else cls_weight,
-            width=width or None,
-            depth=depth or None,
-            kernel_sizes=kernel_sizes or None,
-            resampling=resampling or None,
-            residual_output=residual,
-            norm=norm or None,
-            bound=bound,
-            head=head,
-            head_projection=head_projection,
-            head_detach=head_detach,
-            plain=plain,
-            denoise_only=denoise_only,
-            in_channels=channels,
-            size=image_size,
-            patch_size=patch_size or None,
-            seed=seed,
-            device=device,
-            resume=resume,
-        )
+        summary = train_recipe(**options)
         _print_summary(out, summary)
 
 

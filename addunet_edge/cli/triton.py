@@ -9,6 +9,7 @@ import typer
 
 from ..triton import DEFAULT_QUEUE_DELAY_US
 from ._common import command, console, parse_int_list
+from .choices import TritonKind
 
 
 def register(app: typer.Typer) -> None:
@@ -35,11 +36,9 @@ def register(app: typer.Typer) -> None:
         ] = DEFAULT_QUEUE_DELAY_US,
         instances: Annotated[int, typer.Option("--instances", help="Model instances per device.")] = 1,
         kind: Annotated[
-            str,
-            typer.Option(
-                "--kind", help="auto | gpu | cpu (auto: plans and most ONNX on the GPU, int8 cpu-target on CPU)."
-            ),
-        ] = "auto",
+            TritonKind,
+            typer.Option("--kind", help="auto: plans and most ONNX on the GPU, int8 cpu-target on the CPU."),
+        ] = TritonKind.auto,
     ) -> None:
         """Write <repo>/<name>/config.pbtxt and <repo>/<name>/<version>/model.plan|model.onnx for Triton."""
         from ..triton import write_triton_model
@@ -54,7 +53,7 @@ def register(app: typer.Typer) -> None:
             preferred_batch_sizes=preferred,
             queue_delay_us=queue_delay_us,
             instances=instances,
-            kind=kind,
+            kind=kind.value,
         )
         batching = ", ".join(str(b) for b in model.preferred_batch_sizes)
         console.print(f"{'wrote' if model.config_written else 'kept the same'} {model.config_path}")

@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..artifacts import output_lock
         from ..reports import rich_table, write_json, write_reports
-        from ..validation import budget_error, resolve_budgets, validate
+        from ..validation import validate
+        from ..validation_results import budget_error, resolve_budgets
 
         sigmas = parse_float_list(sigma, "--sigma")
         budgets = resolve_budgets(max_psnr_drift, max_acc_drop)

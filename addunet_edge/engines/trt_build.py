@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 
 from .._lazy import require
-from ..artifacts import (
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from ..artifacts import atomic_path, atomic_write_bytes
 from ..errors import ArtifactError, ConfigError, DeviceError
 from .base import INPUT_NAME, OUTPUT_NAMES
+from .build_progress import build_progress, cancel_on_sigint
 from .cuda import gpu_identity
-from .plan import PLAN_KIND, BuildProfile, PlanLayers, PlanMachine, check_layers, format_summary, read_layers
+from .plan import BuildProfile, PlanLayers, PlanMachine, check_layers, read_layers
+from .plan_request import PlanRequest, validate_options
 
-PRECISIONS = ("fp32", "fp16", "int8")
-_MAX_OPTIMIZATION_LEVEL = 5
 _LOG_TAIL = 20
 
 
@@ -97,19 +80,6 @@ def _make_monitor(trt: Any, progress: Progress, cancel: threading.Event) -> Any:
     return BuildMonitor()
 
 
-@contextlib.contextmanager
-def _cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
-    """Turn Ctrl-C into a cancel request the progress monitor hands to TensorRT, which then stops cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # --------------------------------------------------------------------------------------------------------
 # The build
 # --------------------------------------------------------------------------------------------------------
@@ -134,42 +104,6 @@ def _detected_precision(trt: Any, network: Any) -> str:
     return "fp16" if half else "fp32"
 
 
-def _default_name(onnx_path: Path) -> str:
-    stem = onnx_path.name.removesuffix(".onnx")
-    for precision in PRECISIONS:
-        stem = stem.removesuffix(f".{precision}")
-    return stem
-
-
-def _validate_options(
-    precision: str,
-    workspace_mib: int | None,
-    optimization_level: int | None,
-    dla_core: int | None,
-    hardware_compatible: bool,
-    profile: BuildProfile | None = None,
-) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if workspace_mib is not None and workspace_mib < 1:
-        raise ConfigError(f"workspace must be at least 1 MiB, got {workspace_mib}")
-    if optimization_level is not None and not 0 <= optimization_level <= _MAX_OPTIMIZATION_LEVEL:
-        raise ConfigError(f"optimization level must be 0..{_MAX_OPTIMIZATION_LEVEL}, got {optimization_level}")
-    if dla_core is not None:
-        if dla_core < 0:
-            raise ConfigError(f"DLA core must be >= 0, got {dla_core}")
-        if precision == "fp32":
-            raise ConfigError("DLA runs fp16 and int8 only: build the fp16 or int8 ONNX for a DLA core")
-        if hardware_compatible:
-            raise ConfigError("a DLA plan cannot be hardware-compatible: drop one of the two options")
-        if profile is not None and (len(set(profile.batch)) > 1 or len(set(profile.sizes)) > 1):
-            # DLA runs static shapes only: with a dynamic profile TensorRT would put every layer on the GPU.
-            raise ConfigError(
-                f"a DLA build needs a fixed input shape (min = opt = max), got batch {profile.batch} and sizes "
-                f"{profile.sizes}: pass one value each, e.g. --profile-batch 1 --profile-sizes 256x256"
-            )
-
-
 def build_plan(
     onnx_path: str | Path,
     out_dir: str | Path,
@@ -192,33 +126,10 @@ def build_plan(
     The precision is the ONNX's own (fp32, float16 compute, or Q/DQ int8): the network is strongly typed
     and no precision flag or calibrator is used. Returns the plan's path.
     """
-    _validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible, profile)
+    validate_options(precision, workspace_mib, optimization_level, dla_core, hardware_compatible, profile)
     trt = require("tensorrt", "Building a TensorRT plan")
 
     gpu = gpu_identity(device)
-    gpu_name, compute_capability = gpu.name, gpu.compute_capability
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    if not onnx_path.is_file():
-        raise ArtifactError(f"ONNX file not found: {onnx_path}")
-    source_manifest = read_manifest(onnx_path, verify_hash=True, required=False) or {}
-    if source_manifest.get("precision") not in (None, precision):
-        raise ConfigError(
-            f"{onnx_path.name} is a {source_manifest['precision']} model by its manifest; build it with "
-            f"--precision {source_manifest['precision']} or pass the {precision} ONNX"
-        )
-    if source_manifest.get("target") == "cpu":
-        raise ConfigError(
-            f"{onnx_path.name} was quantized for the CPU (unsigned int8 activations), which TensorRT cannot "
-            "run: calibrate again with --target tensorrt"
-        )
-    size_multiple = int(source_manifest.get("size_multiple", 1))
-    profile.check_multiple(size_multiple)
-    if hardware_compatible and tuple(int(v) for v in compute_capability.split(".")) < (8, 0):
-        raise DeviceError(f"hardware-compatible plans need an Ampere or newer GPU; {gpu_name} is {compute_capability}")
-
-    stem = f"{name or _default_name(onnx_path)}.{precision}"
-    plan_path = out_dir / f"{stem}.plan"
-    log_path = Path(log_dir or out_dir) / f"{stem}.build.log"
     options = {
         "workspace_mib": workspace_mib,
         "optimization_level": optimization_level,
@@ -226,64 +137,37 @@ def build_plan(
         "gpu_fallback": dla_core is not None,
         "version_compatible": version_compatible,
         "hardware_compatible": hardware_compatible,
-        "timing_cache": str(timing_cache) if timing_cache else None,
     }
-    source_sha256 = sha256_file(onnx_path)
+    request = PlanRequest.check(
+        onnx_path,
+        out_dir,
+        precision=precision,
+        name=name,
+        profile=profile,
+        gpu=gpu,
+        options=options,
+        timing_cache=timing_cache,
+        log_dir=log_dir,
+    )
     logger = _make_logger(trt)
-    header = [
-        f"addunet-edge build: {onnx_path} (sha256 {source_sha256}) -> {plan_path}",
-        f"TensorRT {trt.__version__} on {gpu_name} (compute capability {compute_capability})",
-        f"precision {precision} (strongly typed); profile {profile.to_dict()}; options {options}",
-    ]
     start = time.perf_counter()
     outcome = "failed"
     layers: PlanLayers | None = None
     try:
-        serialized, io = _build(
-            trt,
-            logger,
-            onnx_path,
-            precision,
-            profile,
-            options,
-            dla_core,
-            timing_cache,
-            console,
-            plan_path.name,
-        )
+        serialized, io = _build(trt, logger, request, console)
         layers = _read_back(trt, logger, serialized, dla_core)
         outcome = "ok"
     finally:
         seconds = time.perf_counter() - start
-        footer = [f"build {outcome} in {seconds:.1f} s"]
-        if layers is not None:
-            footer += [f"read back: {format_summary(layers.summary())}", *(" | ".join(r) for r in layers.table())]
-        atomic_write_text(log_path, "\n".join([*header, *logger.lines, *footer]) + "\n")
+        request.write_log(trt.__version__, gpu, logger.lines, f"build {outcome} in {seconds:.1f} s", layers)
     # What the plan holds must be what was asked for; a refused plan is not written (its log is).
-    check_layers(layers, precision, label=f"{plan_path.name} (see {log_path})")
+    check_layers(layers, precision, label=f"{request.plan_path.name} (see {request.log_path})")
 
-    with atomic_path(plan_path) as tmp:
+    with atomic_path(request.plan_path) as tmp:
         tmp.write_bytes(memoryview(serialized))
-    write_manifest(
-        plan_path,
-        kind=PLAN_KIND,
-        precision=precision,
-        strongly_typed=True,
-        tensorrt_version=trt.__version__,
-        **PlanMachine(gpu_name, compute_capability, gpu.sm_count, io["dla_cores"]).to_manifest(),
-        profile=profile.to_dict(),
-        channels=io["channels"],
-        num_classes=io["num_classes"] if io["num_classes"] is not None else source_manifest.get("num_classes"),
-        size_multiple=size_multiple,
-        io_dtypes=io["dtypes"],
-        source=onnx_path.name,
-        source_sha256=source_sha256,
-        options=options,
-        build_seconds=round(seconds, 2),
-        build_log=str(log_path),
-        layers=layers.to_dict(),
-    )
-    return plan_path
+    machine = PlanMachine(gpu.name, gpu.compute_capability, gpu.sm_count, io["dla_cores"])
+    request.write_manifest(trt.__version__, machine, io, seconds, layers)
+    return request.plan_path
 
 
 def _read_back(trt: Any, logger: Any, serialized: Any, dla_core: int | None) -> PlanLayers:
@@ -297,18 +181,8 @@ def _read_back(trt: Any, logger: Any, serialized: Any, dla_core: int | None) -> 
     return read_layers(engine_json, list(logger.lines), dla_core)
 
 
-def _build(
-    trt: Any,
-    logger: Any,
-    onnx_path: Path,
-    precision: str,
-    profile: BuildProfile,
-    options: dict[str, Any],
-    dla_core: int | None,
-    timing_cache: Path | None,
-    console: Console | None,
-    label: str,
-) -> tuple[Any, dict[str, Any]]:
+def _build(trt: Any, logger: Any, request: PlanRequest, console: Console | None) -> tuple[Any, dict[str, Any]]:
+    onnx_path, precision, label = request.onnx_path, request.precision, request.plan_path.name
     builder = _checked(trt.Builder(logger), "trt.Builder")
     # TensorRT 10.x: strong typing is opted into with this creation flag ("Strongly Typed Networks", 10.x
     # developer guide). TensorRT 11.x: every network is strongly typed and the flag is deprecated
@@ -328,41 +202,11 @@ def _build(
             f"{onnx_path.name} computes in {detected} (TensorRT reads the precision from the ONNX), but "
             f"--precision {precision} was asked: pass the {precision} ONNX or --precision {detected}"
         )
+    config, cache = _builder_config(trt, builder, logger, request, io["channels"])
 
-    config = _checked(builder.create_builder_config(), "create_builder_config")
-    # Per-layer types in the plan, so the engine inspector can say what each layer computes in.
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    opt_profile = _checked(builder.create_optimization_profile(), "create_optimization_profile")
-    opt_profile.set_shape(INPUT_NAME, *profile.shapes(io["channels"]))
-    if config.add_optimization_profile(opt_profile) < 0:
-        raise ConfigError(f"TensorRT rejected the optimization profile {profile.to_dict()}")
-    if options["workspace_mib"] is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace_mib"] << 20)
-    if options["optimization_level"] is not None:
-        config.builder_optimization_level = options["optimization_level"]
-    if dla_core is not None:
-        _configure_dla(trt, builder, config, dla_core)
-    if options["version_compatible"]:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if options["hardware_compatible"]:
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    cache = _load_timing_cache(config, timing_cache, logger)
-
-    console = console or Console(stderr=True)
     cancel = threading.Event()
     has_monitor = hasattr(trt, "IProgressMonitor")
-    columns = (
-        [
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        ]
-        if has_monitor
-        else [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
-    )
-    with Progress(*columns, console=console, transient=True) as progress, _cancel_on_sigint(cancel):
+    with build_progress(console, per_phase=has_monitor) as progress, cancel_on_sigint(cancel):
         progress.add_task(f"building {label}", total=None)
         if has_monitor:
             monitor = _make_monitor(trt, progress, cancel)
@@ -373,10 +217,34 @@ def _build(
     if serialized is None:
         tail = "\n".join(logger.errors[-_LOG_TAIL:]) or "(TensorRT logged no error)"
         raise ArtifactError(f"TensorRT could not build {label}:\n{tail}")
-    if cache is not None and timing_cache is not None:
+    if cache is not None and request.timing_cache is not None:
         updated = _checked(config.get_timing_cache(), "get_timing_cache")
-        atomic_write_bytes(timing_cache, bytes(memoryview(_checked(updated.serialize(), "serialize"))))
+        atomic_write_bytes(request.timing_cache, bytes(memoryview(_checked(updated.serialize(), "serialize"))))
     return serialized, io
+
+
+def _builder_config(trt: Any, builder: Any, logger: Any, request: PlanRequest, channels: int) -> tuple[Any, Any]:
+    """The builder config of `request` (profile, workspace, optimization level, DLA, compatibility) and the
+    timing cache it builds with."""
+    options, profile = request.options, request.profile
+    config = _checked(builder.create_builder_config(), "create_builder_config")
+    # Per-layer types in the plan, so the engine inspector can say what each layer computes in.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    opt_profile = _checked(builder.create_optimization_profile(), "create_optimization_profile")
+    opt_profile.set_shape(INPUT_NAME, *profile.shapes(channels))
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ConfigError(f"TensorRT rejected the optimization profile {profile.to_dict()}")
+    if options["workspace_mib"] is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace_mib"] << 20)
+    if options["optimization_level"] is not None:
+        config.builder_optimization_level = options["optimization_level"]
+    if options["dla_core"] is not None:
+        _configure_dla(trt, builder, config, options["dla_core"])
+    if options["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options["hardware_compatible"]:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    return config, _load_timing_cache(config, request.timing_cache, logger)
 
 
 def _parser_error(error: Any) -> str:

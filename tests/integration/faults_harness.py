@@ -239,8 +239,9 @@ def _record_train_main(hash_log: Path, args: list[str]) -> None:
     import addunet_edge.training as training
     from addunet_edge.artifacts import read_json
     from addunet_edge.cli import main
+    from addunet_edge.training_state import saved_state_dir
 
-    real_save, real_last = training.save_checkpoint, training._save_last
+    real_save, real_last = training.save_checkpoint, training.save_last
 
     def note(kind: str, epoch: int, weights: Path) -> None:
         with open(hash_log, "a") as f:
@@ -253,11 +254,11 @@ def _record_train_main(hash_log: Path, args: list[str]) -> None:
 
     def last(path: Any, *a: Any, **kw: Any) -> None:
         real_last(path, *a, **kw)
-        state_dir = training.saved_state_dir(Path(path).parent)
+        state_dir = saved_state_dir(Path(path).parent)
         assert state_dir is not None
         note("last", read_json(state_dir / "state.json")["epoch"], state_dir / "model.safetensors")
 
-    training.save_checkpoint, training._save_last = save, last
+    training.save_checkpoint, training.save_last = save, last
     sys.argv = ["addunet-edge", *args]
     main()
 
@@ -330,7 +331,8 @@ def verify(
     from addunet_edge.errors import AddUNetEdgeError
     from addunet_edge.media import read_image
     from addunet_edge.model import ModelConfig, build_model
-    from addunet_edge.training import _load_last, param_groups, saved_state_dir
+    from addunet_edge.training import param_groups
+    from addunet_edge.training_state import load_last, saved_state_dir
 
     outcomes: Counter[str] = Counter()
     runs = sorted(folder.glob("run-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -358,7 +360,7 @@ def verify(
             elif path.is_dir() and path.name == "last" and (state_dir := saved_state_dir(path.parent)) is not None:
                 mc = ModelConfig.from_dict(read_json(state_dir / "state.json")["model"])
                 model = build_model(mc)
-                state = _load_last(path, model, torch.optim.AdamW(param_groups(model, 1e-4)), mc)
+                state = load_last(path, model, torch.optim.AdamW(param_groups(model, 1e-4)), mc)
                 right = (state["epoch"], _sha(state_dir / "model.safetensors")) in ref.last
             elif path.suffix in (".png", ".tif") and "report" not in rel:
                 got_img, want_path = read_image(path), ref.root / verb / rel
@@ -483,7 +485,7 @@ class Soak:
 
     def _train_run(self, lane: VerbLane) -> tuple[Path, bool]:
         """The training run folder the next `train` writes into, and whether it resumes it."""
-        from addunet_edge.training import saved_state_dir
+        from addunet_edge.training_state import saved_state_dir
 
         runs = sorted(lane.folder.glob("run-*"), key=lambda p: int(p.name.split("-")[1]))
         if runs and not (runs[-1] / ".COMPLETE").exists():

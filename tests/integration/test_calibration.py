@@ -30,7 +30,7 @@ from addunet_edge.calibration import (  # noqa: E402
     quantize_int8,
     run_onnx,
 )
-from addunet_edge.calibration.ranges import prepare_model  # noqa: E402
+from addunet_edge.calibration.graph import prepare_model  # noqa: E402
 from addunet_edge.errors import ArtifactError, BudgetError, ConfigError, DataError  # noqa: E402
 from addunet_edge.export import torch_to_onnx  # noqa: E402
 from addunet_edge.metrics import fmt_signed, psnr  # noqa: E402

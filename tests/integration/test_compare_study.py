@@ -12,23 +12,12 @@ import typer
 from typer.testing import CliRunner
 
 from addunet_edge import _lazy
-from addunet_edge.compare import (
-    BASELINE_LABELS,
-    compare,
-    markdown_report,
-    noisy_copy,
-    tv_weight,
-)
+from addunet_edge.classical_denoisers import BASELINE_LABELS, tv_weight
+from addunet_edge.compare import compare, noisy_copy
+from addunet_edge.compare_report import markdown_report
 from addunet_edge.errors import ConfigError, MissingDependencyError
-from addunet_edge.study import (
-    StudyConfig,
-    aggregate,
-    check_competitive_claim,
-    check_gate_claim,
-    depth_ratio,
-    plan_runs,
-    stats,
-)
+from addunet_edge.study import StudyConfig, plan_runs
+from addunet_edge.study_claims import aggregate, check_competitive_claim, check_gate_claim, depth_ratio, stats
 
 torch = pytest.importorskip("torch")
 

@@ -118,7 +118,8 @@ def _check_image(arr: Any) -> None:
 
 @pytest.mark.parametrize("kind", ["png", "jpg", "tif"])
 def test_image_readers_on_mutated_files(scratch: Path, kind: str) -> None:
-    from addunet_edge import data, media
+    from addunet_edge import data_files as data
+    from addunet_edge import media
 
     path = scratch / f"mutated.{kind}"
 
@@ -135,7 +136,8 @@ def test_image_readers_on_mutated_files(scratch: Path, kind: str) -> None:
 
 
 def test_image_readers_on_random_bytes(scratch: Path) -> None:
-    from addunet_edge import data, media
+    from addunet_edge import data_files as data
+    from addunet_edge import media
 
     @FUZZ
     @given(st.binary(max_size=512), st.sampled_from(["png", "jpg", "tif", "bmp"]))
@@ -156,7 +158,8 @@ def test_image_readers_refuse_huge_headers_without_decoding(width: int, height: 
     """Any PNG header whose pixel count is over the limit is refused from the header alone."""
     from test_hostile_files import png_bomb
 
-    from addunet_edge import data, media
+    from addunet_edge import data_files as data
+    from addunet_edge import media
 
     if width * height <= media.MAX_PIXELS:
         width = media.MAX_PIXELS // height + 1
@@ -183,7 +186,7 @@ def _npz_bytes(compressed: bool) -> bytes:
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
 def test_load_npz_on_mutated_archives(scratch: Path, compressed: bool) -> None:
-    from addunet_edge.data import load_npz
+    from addunet_edge.data_files import load_npz
 
     path = scratch / "mutated.npz"
 
@@ -201,7 +204,7 @@ def test_load_npz_on_mutated_archives(scratch: Path, compressed: bool) -> None:
 
 
 def test_load_npz_on_random_bytes(scratch: Path) -> None:
-    from addunet_edge.data import load_npz
+    from addunet_edge.data_files import load_npz
 
     path = scratch / "random.npz"
 
@@ -326,13 +329,14 @@ def test_checkpoint_loading_with_mutated_safetensors_headers(scratch: Path) -> N
 
 
 def test_resume_state_with_random_json(scratch: Path) -> None:
-    from addunet_edge.training import TrainConfig, _load_last, _save_last, param_groups, saved_state_dir
+    from addunet_edge.training import TrainConfig, param_groups
+    from addunet_edge.training_state import load_last, save_last, saved_state_dir
 
     folder = scratch / "last"
     torch.manual_seed(0)
     model = build_model(SMALL)
     opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-3)
-    _save_last(folder, model, opt, SMALL, TrainConfig(epochs=1), 0, 1, 1, 1.0, 0.1)
+    save_last(folder, model, opt, SMALL, TrainConfig(epochs=1), 0, 1, 1, 1.0, 0.1)
     state_dir = saved_state_dir(scratch)
     assert state_dir is not None
     # Both JSON files a resume reads: the slot's state.json and the pointer naming the slot.
@@ -352,7 +356,7 @@ def test_resume_state_with_random_json(scratch: Path) -> None:
             path.write_text(json.dumps(obj if name == which else genuine[name]))
         fresh = build_model(SMALL)
         only_package_errors(
-            lambda: _load_last(folder, fresh, torch.optim.AdamW(param_groups(fresh, 1e-4), lr=1e-3), SMALL)
+            lambda: load_last(folder, fresh, torch.optim.AdamW(param_groups(fresh, 1e-4), lr=1e-3), SMALL)
         )
 
     check()
@@ -470,7 +474,7 @@ ATHERIS_SCRIPT = textwrap.dedent(
     import sys, tempfile, pathlib
     import atheris
     with atheris.instrument_imports(include=["addunet_edge"]):
-        from addunet_edge import data, media
+        from addunet_edge import data_files as data, media
         from addunet_edge.artifacts import read_manifest
         from addunet_edge.errors import AddUNetEdgeError
     folder = pathlib.Path(tempfile.mkdtemp())

@@ -149,7 +149,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path: Path, where: str)
     with pytest.raises(ArtifactError, match="outside the model's folder"):
         open_engine(path)
     # The calibration loader (onnx's checker) refuses it too.
-    from addunet_edge.calibration.ranges import load_onnx
+    from addunet_edge.calibration.graph import load_onnx
 
     with pytest.raises(ArtifactError):
         load_onnx(path)
@@ -219,7 +219,7 @@ def test_a_pickle_renamed_to_safetensors_is_refused_and_never_run(tmp_path: Path
 
 
 def test_an_npz_holding_pickled_objects_is_refused_and_never_run(tmp_path: Path) -> None:
-    from addunet_edge.data import load_npz
+    from addunet_edge.data_files import load_npz
 
     sentinel = tmp_path / "pwned"
 
@@ -273,7 +273,8 @@ def _max_rss_mib() -> float:
 
 @pytest.mark.parametrize("kind", ["png", "tiff"])
 def test_a_decompression_bomb_image_is_refused_before_decoding(tmp_path: Path, kind: str) -> None:
-    from addunet_edge import data, media
+    from addunet_edge import data_files as data
+    from addunet_edge import media
 
     path = tmp_path / f"bomb.{kind}"
     path.write_bytes(png_bomb() if kind == "png" else tiff_bomb())
@@ -288,7 +289,7 @@ def test_a_decompression_bomb_image_is_refused_before_decoding(tmp_path: Path, k
 def test_an_npz_zip_bomb_is_refused_before_inflating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import zipfile
 
-    from addunet_edge import data
+    from addunet_edge import data_files as data
 
     # The same check at a 1 MiB limit: a real 8 GiB bomb takes a minute just to compress.
     monkeypatch.setattr(data, "MAX_NPZ_BYTES", 1 << 20)

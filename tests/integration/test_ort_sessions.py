@@ -29,7 +29,7 @@ def tensorrt_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_engine_and_calibration_run_the_same_graph(tensorrt_int8: Path) -> None:
-    from addunet_edge.calibration.ranges import session
+    from addunet_edge.calibration.graph import session
     from addunet_edge.engines import open_engine
     from addunet_edge.engines.ort import DISABLED_OPTIMIZERS
 

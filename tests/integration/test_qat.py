@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from addunet_edge.fake_quant import FakeQuant, fake_quantize_int8, fake_quantize_uint8, fake_quantize_weight
 from addunet_edge.qat import (
     RANGES_FILE,
     REPORT_FILE,
-    FakeQuant,
     QATConfig,
-    fake_quantize_int8,
-    fake_quantize_uint8,
-    fake_quantize_weight,
     finetune_qat,
     fold_for_qat,
     unfold_into,

@@ -18,7 +18,8 @@ from addunet_edge.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_check
 from addunet_edge.data import load_dataset
 from addunet_edge.errors import CheckpointError, ConfigError
 from addunet_edge.model import ModelConfig, build_model
-from addunet_edge.training import LAST, LOG, TrainConfig, read_log, saved_state_dir, train
+from addunet_edge.training import TrainConfig, train
+from addunet_edge.training_state import LAST, LOG, read_log, saved_state_dir
 
 TINY = ModelConfig(width=8, depth=2, num_classes=10)
 
@@ -89,7 +90,7 @@ def _train_until(ds, out: Path, epochs: int, stop_after: int) -> None:
     """Run `train` and interrupt it (KeyboardInterrupt) once `stop_after` epochs are logged."""
     import addunet_edge.training as training
 
-    real = training._append_log
+    real = training.append_log
     count = {"n": 0}
 
     def interrupting(path, record):
@@ -101,13 +102,13 @@ def _train_until(ds, out: Path, epochs: int, stop_after: int) -> None:
         if count["n"] >= stop_after:
             raise KeyboardInterrupt
 
-    real_save = training._save_last
-    training._append_log, training._save_last = interrupting, save_then_maybe_stop
+    real_save = training.save_last
+    training.append_log, training.save_last = interrupting, save_then_maybe_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             train(TINY, _tc(epochs=epochs), ds, out, progress=False)
     finally:
-        training._append_log, training._save_last = real, real_save
+        training.append_log, training.save_last = real, real_save
 
 
 def test_resume_refuses_torn_last_checkpoint(tmp_path: Path, digits_npz: Path) -> None:
@@ -238,12 +239,13 @@ def test_minutes_budget_is_replanned_from_the_time_left() -> None:
 
 def _resume_state_tensors(out: Path) -> dict[str, torch.Tensor]:
     """The weights and optimizer tensors of `out`'s resume state, read through the loader (layout-agnostic)."""
-    from addunet_edge.training import _load_last, _optimizer_tensors, param_groups
+    from addunet_edge.training import param_groups
+    from addunet_edge.training_state import load_last, optimizer_tensors
 
     model = build_model(TINY)
     opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-3)
-    _load_last(out / LAST, model, opt, TINY)
-    return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **_optimizer_tensors(opt)[0]}
+    load_last(out / LAST, model, opt, TINY)
+    return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)[0]}
 
 
 @pytest.fixture
@@ -288,7 +290,7 @@ def test_a_kill_at_any_write_of_the_resume_state_still_resumes_to_the_same_weigh
 
         return change
 
-    real_save = training._save_last
+    real_save = training.save_last
 
     def save(folder: Path, model: Any, opt: Any, mc: ModelConfig, tc_: TrainConfig, epoch: int, *rest: Any) -> None:
         saving.append(epoch)
@@ -301,7 +303,7 @@ def test_a_kill_at_any_write_of_the_resume_state_still_resumes_to_the_same_weigh
     # Every change a writer makes to a file's name goes through these (atomic writes end in os.replace).
     for name in ("replace", "rename", "unlink", "remove", "rmdir"):
         monkeypatch.setattr(os, name, watched(name))
-    monkeypatch.setattr(training, "_save_last", save)
+    monkeypatch.setattr(training, "save_last", save)
     train(TINY, tc, ds, full, progress=False)
     monkeypatch.undo()
     assert len({epoch for epoch, _, _ in snapshots}) == 2 and len(snapshots) >= 6, snapshots
@@ -363,7 +365,7 @@ def test_a_fresh_run_killed_before_its_first_save_does_not_resume_the_old_run(
     def killed(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save_last", killed)
+    monkeypatch.setattr(training, "save_last", killed)
     with pytest.raises(KeyboardInterrupt):
         train(TINY, _tc(epochs=1, seed=1), ds, out, progress=False)
     monkeypatch.undo()

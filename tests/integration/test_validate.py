@@ -23,7 +23,8 @@ from addunet_edge.checkpoint import save_checkpoint  # noqa: E402
 from addunet_edge.errors import ArtifactError  # noqa: E402
 from addunet_edge.export import export_onnx  # noqa: E402
 from addunet_edge.model import ModelConfig, build_model  # noqa: E402
-from addunet_edge.validation import DEFAULT_BUDGETS, SCHEMA, Budget, validate  # noqa: E402
+from addunet_edge.validation import validate  # noqa: E402
+from addunet_edge.validation_results import DEFAULT_BUDGETS, SCHEMA, Budget  # noqa: E402
 
 ROW_KEYS = {
     "artifact",

@@ -13,11 +13,10 @@ from addunet_edge.data import (
     EvalSet,
     load_dataset,
     load_digits_images,
-    load_image_folder,
-    load_npz,
     parse_sigma,
     split_indices,
 )
+from addunet_edge.data_files import load_image_folder, load_npz
 from addunet_edge.errors import DataError
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from addunet_edge.engines.plan import BuildProfile, PlanLayers, check_layers, format_summary, read_layers
-from addunet_edge.engines.trt_build import _validate_options
+from addunet_edge.engines.plan_request import validate_options
 from addunet_edge.errors import ArtifactError, BudgetError, ConfigError
 
 INT8 = "Thirty-two wide channel vectorized row major Int8 format"
@@ -97,10 +97,10 @@ def test_what_is_not_a_detailed_inspector_json_is_refused() -> None:
 def test_a_dla_build_needs_a_fixed_profile() -> None:
     dynamic = BuildProfile(batch=(1, 1, 8), sizes=((32, 32), (256, 256), (1024, 1024)))
     with pytest.raises(ConfigError, match="fixed input shape"):
-        _validate_options("fp16", None, None, 0, False, dynamic)
+        validate_options("fp16", None, None, 0, False, dynamic)
     fixed = BuildProfile.parse("1", "256x256")
-    _validate_options("fp16", None, None, 0, False, fixed)
-    _validate_options("fp16", None, None, None, False, dynamic)  # the GPU takes dynamic shapes
+    validate_options("fp16", None, None, 0, False, fixed)
+    validate_options("fp16", None, None, None, False, dynamic)  # the GPU takes dynamic shapes
 
 
 def test_info_shows_each_layer_of_a_plan(tmp_path) -> None:
