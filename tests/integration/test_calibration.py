@@ -45,33 +45,30 @@ def _export(model: torch.nn.Module, path: Path, channels: int = 1) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """AddUNet width 8, depth 2, 4 classes, unbounded states (the int8-hard case), BN folded."""
+def _folded_model(width: int, path: Path) -> Path:
+    """AddUNet depth 2, 4 classes, unbounded states, BN folded, exported to `path`."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=8, depth=2, num_classes=4, bound=None)).eval()
+    model = build_model(ModelConfig(width=width, depth=2, num_classes=4, bound=None)).eval()
     with torch.no_grad():  # non-trivial BN statistics so the folded biases differ per conv
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
     fold_batchnorm(model)
-    return _export(model, tmp_path_factory.mktemp("fp32") / "model.fp32.onnx")
+    return _export(model, path)
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """AddUNet width 8, depth 2, 4 classes, unbounded states (the int8-hard case), BN folded."""
+    return _folded_model(8, tmp_path_factory.mktemp("fp32") / "model.fp32.onnx")
 
 
 @pytest.fixture(scope="module")
 def fp32_w16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same model at width 16: ModelOpt leaves the width-8 convs float (too narrow for TensorRT's int8
     kernels), so the tensorrt target is tested where it quantizes every conv."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(width=16, depth=2, num_classes=4, bound=None)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    fold_batchnorm(model)
-    return _export(model, tmp_path_factory.mktemp("fp32w16") / "model.fp32.onnx")
+    return _folded_model(16, tmp_path_factory.mktemp("fp32w16") / "model.fp32.onnx")
 
 
 @pytest.fixture(scope="module")

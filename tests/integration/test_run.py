@@ -24,6 +24,8 @@ from addunet_edge.media_runner import MediaRunner
 from addunet_edge.pipeline import FrameDenoiser
 
 cv2 = pytest.importorskip("cv2")
+from video_files import video_info  # noqa: E402  (it needs cv2)
+
 torch = pytest.importorskip("torch")
 
 NUM_CLASSES = 3
@@ -65,18 +67,6 @@ def _write_video(path: Path, frames: int, hw: tuple[int, int] = (48, 64)) -> Non
     for _ in range(frames):
         writer.write(rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
     writer.release()
-
-
-def _video_info(path: Path) -> tuple[int, tuple[int, int]]:
-    cap = cv2.VideoCapture(str(path))
-    n, shape = 0, (0, 0)
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        n, shape = n + 1, frame.shape[:2]
-    cap.release()
-    return n, shape
 
 
 @pytest.fixture()
@@ -151,8 +141,8 @@ def test_run_folder_and_video_end_to_end(tmp_path, onnx_model, image_folder):
     summary = read_json(out / "run_summary.json")
     assert [Path(s["input"]).name for s in summary["skipped"]] == ["corrupt.png"]
     assert len(summary["processed"]) == 5 and summary["frames"] == 4 + 7
-    assert _video_info(out / "clip.mp4") == (7, (48, 64))
-    assert _video_info(out / "side_by_side" / "clip.mp4") == (7, (48, 128))
+    assert video_info(out / "clip.mp4") == (7, (48, 64))
+    assert video_info(out / "side_by_side" / "clip.mp4") == (7, (48, 128))
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 11
@@ -227,7 +217,7 @@ def test_ctrl_c_finalizes_the_video_being_written(tmp_path, engine):
     runner = MediaRunner(denoiser, out)
     with pytest.raises(KeyboardInterrupt):
         runner.run([str(tmp_path / "cam.avi")])
-    assert _video_info(out / "cam.avi") == (6, (48, 64))
+    assert video_info(out / "cam.avi") == (6, (48, 64))
     assert runner.summary.partial == [str(tmp_path / "cam.avi")]
     assert not list(out.glob(".*partial*"))
 
@@ -250,7 +240,7 @@ def test_broken_frame_is_skipped_not_the_video(tmp_path, engine):
     runner = MediaRunner(FrameDenoiser(RefusesDarkFrames(engine, 0), batch_size=2), tmp_path / "out")
     summary = runner.run([str(tmp_path / "v.avi")])
     assert summary.processed == [str(tmp_path / "v.avi")]
-    assert _video_info(tmp_path / "out" / "v.avi") == (4, (48, 64))
+    assert video_info(tmp_path / "out" / "v.avi") == (4, (48, 64))
     assert summary.skipped == [(f"{tmp_path / 'v.avi'} frame 2: simulated corrupt frame", "broken frame skipped")]
 
 
@@ -270,7 +260,7 @@ def test_opencv_loop_example_denoises_a_video(tmp_path, onnx_model):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert _video_info(tmp_path / "out.avi") == (4, (48, 64))
+    assert video_info(tmp_path / "out.avi") == (4, (48, 64))
     assert "4 frames" in done.stdout
 
 

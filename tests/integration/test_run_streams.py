@@ -37,7 +37,8 @@ from addunet_edge.run_summary import LatencyHistogram
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("torch")
 
-REAL_CAPTURE = cv2.VideoCapture  # the tests' own reading of outputs must not meet the stand-in cameras
+from video_files import video_info  # noqa: E402  (it needs cv2)
+
 HW = (48, 64)
 SHORT_FRAMES = 8000
 LONG_FRAMES = int(os.environ.get("ADDUNET_STREAM_SOAK_FRAMES", "60000"))
@@ -70,20 +71,6 @@ def _write_avi(path: Path, n: int, fps: float = 30.0) -> Path:
     return path
 
 
-def _video_info(path: Path) -> tuple[int, tuple[int, int]]:
-    """(frames, (height, width)) of a video, decoded to its end: a file that decodes is a playable one."""
-    cap = REAL_CAPTURE(str(path))
-    assert cap.isOpened(), f"{path} does not open"
-    n, shape = 0, (0, 0)
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        n, shape = n + 1, frame.shape[:2]
-    cap.release()
-    return n, shape
-
-
 def _app():
     from addunet_edge.cli import app
 
@@ -105,6 +92,14 @@ def _accounted(stream: dict[str, Any]) -> None:
     """Every frame read is written or dropped, and the dropped ones add up by reason."""
     assert stream["frames_read"] == stream["frames_written"] + stream["frames_dropped"], stream
     assert sum(stream["dropped_by_reason"].values()) == stream["frames_dropped"], stream
+
+
+def _one_stream(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's summary and its one stream, whose frames are all accounted for."""
+    summary = read_json(out / "run_summary.json")
+    (stream,) = summary["streams"]
+    _accounted(stream)
+    return summary, stream
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -165,7 +160,7 @@ def _soak(onnx_model: Path, video: Path, frames: int, out: Path, max_growth_mib:
     assert stream["frames_dropped"] == 0 and summary["frames"] == frames
     # Every segment complete and playable: full ones hold SEGMENT frames, the last the rest.
     for k, name in enumerate(stream["outputs"]):
-        assert _video_info(out / name) == (min(SEGMENT, frames - k * SEGMENT), HW), name
+        assert video_info(out / name) == (min(SEGMENT, frames - k * SEGMENT), HW), name
     with open(out / "predictions.csv", newline="") as f:
         rows = sum(1 for _ in csv.DictReader(f))
     assert rows == frames
@@ -276,9 +271,7 @@ def test_corrupt_frames_in_a_camera_stream_are_dropped_with_reasons(onnx_model, 
     text = _text(result)
     assert "0: 60 frames read, 56 written, 4 dropped; end of input" in text
     assert "frame 20: a 32x32x3 frame in a 64x48x3 stream" in text
-    summary = read_json(out / "run_summary.json")
-    (stream,) = summary["streams"]
-    _accounted(stream)
+    summary, stream = _one_stream(out)
     assert (stream["frames_read"], stream["frames_written"], stream["frames_dropped"]) == (60, 56, 4)
     assert stream["dropped_by_reason"] == {
         "a 32x32x3 frame in a 64x48x3 stream": 1,
@@ -288,7 +281,7 @@ def test_corrupt_frames_in_a_camera_stream_are_dropped_with_reasons(onnx_model, 
     }
     assert [b.split(":")[0] for b in stream["broken_frames"]] == ["frame 20", "frame 30", "frame 40", "frame 45"]
     assert summary["processed"] == ["0"] and summary["frames"] == 56 and summary["frames_dropped"] == 4
-    assert _video_info(out / "camera0.mp4") == (56, HW)
+    assert video_info(out / "camera0.mp4") == (56, HW)
     assert camera[0].released.is_set() and not _reader_threads()
 
 
@@ -301,13 +294,11 @@ def test_truncated_video_is_processed_as_far_as_it_decodes(onnx_model, tmp_path)
     result = _invoke("run", onnx_model, cut, "--out", out, "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "input ended early" in _text(result) and "truncated or damaged" in _text(result)
-    summary = read_json(out / "run_summary.json")
-    (stream,) = summary["streams"]
-    _accounted(stream)
+    summary, stream = _one_stream(out)
     assert summary["ended_early"] == [str(cut)] and stream["ended"] == video_io.ENDED_EARLY
     assert stream["frames_expected"] == 40 and 10 < stream["frames_read"] < 40
     # What was decodable is written, into a complete file that decodes to its end.
-    assert _video_info(out / "cut.avi") == (stream["frames_written"], HW)
+    assert video_info(out / "cut.avi") == (stream["frames_written"], HW)
     assert stream["frames_written"] >= stream["frames_read"] - 1  # the last, half-written frame may not decode
     assert not list(out.glob(".*partial*"))
 
@@ -375,12 +366,10 @@ def test_network_stream_that_stalls_ends_with_exit_6_and_a_complete_video(onnx_m
     assert result.exit_code == StallError.exit_code == 6, result.output
     text = _text(result)
     assert f"{server.url} stalled after" in text and "no frame for 1 s" in text and "is complete" in text
-    summary = read_json(out / "run_summary.json")
-    (stream,) = summary["streams"]
-    _accounted(stream)
+    summary, stream = _one_stream(out)
     assert summary["stalled"] == [server.url] and stream["ended"] == video_io.STALLED
     assert 100 <= stream["frames_written"] < 200 and stream["frames_dropped"] == 0
-    assert _video_info(out / "stream0.mp4") == (stream["frames_written"], HW)
+    assert video_info(out / "stream0.mp4") == (stream["frames_written"], HW)
     # FFmpeg's own read timeout (a second above the stall timeout) let the reader thread go: it was joined.
     assert stream["reader_thread_abandoned"] is False and not _reader_threads()
     assert elapsed < 30
@@ -394,11 +383,9 @@ def test_camera_whose_read_never_returns_is_ended_and_its_thread_left_behind(onn
     text = _text(result)
     assert "0 stalled after 12 written frames (no frame for 0.5 s after 12 frames" in text
     assert "left behind" in text
-    summary = read_json(out / "run_summary.json")
-    (stream,) = summary["streams"]
-    _accounted(stream)
+    _, stream = _one_stream(out)
     assert stream["frames_written"] == 12 and stream["reader_thread_abandoned"] is True
-    assert _video_info(out / "camera0.mp4") == (12, HW)
+    assert video_info(out / "camera0.mp4") == (12, HW)
     # The driver's read returns at last: the thread releases the camera and ends.
     (thread,) = _reader_threads()
     camera[0].unblock.set()
@@ -468,12 +455,10 @@ def test_ctrl_c_during_a_stream_closes_the_video_cleanly(onnx_model, short_strea
             proc.wait()
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
-    summary = read_json(out / "run_summary.json")
-    (stream,) = summary["streams"]
-    _accounted(stream)
+    summary, stream = _one_stream(out)
     assert summary["interrupted"] is True and stream["ended"] == "interrupted"
     assert summary["partial"] == [short_stream.resolve().as_uri()]
     assert 0 < stream["frames_written"] < SHORT_FRAMES
     # A playable file holding exactly the frames the summary says were written; no temporary file left.
-    assert _video_info(out / "stream0.mp4") == (stream["frames_written"], HW)
+    assert video_info(out / "stream0.mp4") == (stream["frames_written"], HW)
     assert not list(out.glob(".*partial*"))
