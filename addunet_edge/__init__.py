@@ -26,6 +26,7 @@ _EXPORTS = {
     "open_engine": "engines",
     "Prediction": "engines.base",
     "Engine": "engines.base",
+    "SelfEnsemble": "engines.ensemble",
     "export_onnx": "export",
 }
 

@@ -31,7 +31,9 @@ from .classical_denoisers import (
     tv_weight,
 )
 from .data import PHOTO_SPLITS, add_noise, load_photo
-from .errors import AddUNetEdgeError, ConfigError, MissingDependencyError
+from .engines.ensemble import LABEL as ENSEMBLE_LABEL
+from .engines.ensemble import SelfEnsemble
+from .errors import AddUNetEdgeError, ConfigError, MissingDependencyError, ShapeError
 from .metrics import psnr, ssim
 from .plotting import unique_label
 
@@ -82,6 +84,7 @@ class CompareResult:
     figure_image: str = ""
     window: tuple[int, int, int] = (0, 0, 0)
     crops: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)
+    self_ensemble: bool = False  # each engine also ran as a self-ensemble ("+x8" methods)
 
     def method_names(self) -> list[str]:
         return [m.name for m in self.methods]
@@ -159,11 +162,12 @@ class CompareResult:
                 "noise": "additive white Gaussian, sigma on the 0-255 scale, not clipped; one noisy copy "
                 "per (image, sigma), shared by every method",
                 "scoring": "outputs clipped to [0, 1]; PSNR and SSIM from addunet_edge.metrics; seconds = "
-                "wall time of one call on one image",
+                "wall time of one call on one image (a self-ensemble's: its 8 engine calls, one per transform)",
                 "tv_weights": [list(p) for p in TV_WEIGHTS],
             },
             "methods": [asdict(m) for m in self.methods],
             "skipped": self.skipped,
+            "self_ensemble": self.self_ensemble,
             "results": [{**asdict(c), "psnr_db": _finite(c.psnr_db), "ssim": _finite(c.ssim)} for c in self.cells],
             "summary": summary,
             "beats_bm3d": self.beats_bm3d(),
@@ -218,8 +222,13 @@ def compare(
     crop: int | None = None,
     engine_options: Callable[[Path], dict[str, Any]] | None = None,
     progress: bool = True,
+    self_ensemble: bool = False,
 ) -> CompareResult:
-    """Score the checkpoint, its artifacts and the classical baselines on the same noisy photos."""
+    """Score the checkpoint, its artifacts and the classical baselines on the same noisy photos.
+
+    `self_ensemble` adds, after the checkpoint and after each artifact, the same engine run as a test-time
+    self-ensemble (`engines.ensemble.SelfEnsemble`, named with "+x8"), scored and timed like every method.
+    """
     unknown = [b for b in baselines if b not in BASELINE_FUNCTIONS]
     if unknown:
         raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
@@ -229,7 +238,7 @@ def compare(
         raise ConfigError(f"sigmas must be positive, got {list(sigmas)}")
     options = engine_options or (lambda path: {})
 
-    ckpt, lineup = Path(checkpoint), _Lineup()
+    ckpt, lineup = Path(checkpoint), _Lineup(self_ensemble=self_ensemble)
     try:
         lineup.open(ckpt, "checkpoint", options(ckpt))
         for path in map(Path, artifacts):
@@ -259,6 +268,7 @@ def compare(
         figure_image=figure_image,
         window=window,
         crops={**{("clean", s): cleans[figure_image][:, y : y + size, x : x + size] for s in sigmas}, **scoring.crops},
+        self_ensemble=self_ensemble,
     )
 
 
@@ -273,6 +283,7 @@ class _Lineup:
     taken: set[str] = field(default_factory=set)
     warmed: set[str] = field(default_factory=set)
     channels: int = 0
+    self_ensemble: bool = False
 
     def open(self, path: Path, kind: str, options: dict[str, Any]) -> None:
         """The checkpoint (it sets the channel count) or an artifact of it, as a method run by its engine."""
@@ -291,6 +302,20 @@ class _Lineup:
         name = unique_label(f"{path.name} ({info.backend} {info.precision})", self.taken)
         self.methods.append(Method(name, kind, str(path), {"engine": info.to_dict()}))
         self.denoisers[name] = _engine_denoiser(engine)
+        if self.self_ensemble:
+            self.add_ensemble(engine, f"{name} {ENSEMBLE_LABEL}", kind, path)
+
+    def add_ensemble(self, engine: Any, label: str, kind: str, path: Path) -> None:
+        """`engine` as a self-ensemble, one more method; skipped with the reason where its profile cannot turn."""
+        name = unique_label(label, self.taken)
+        try:
+            ensemble = SelfEnsemble(engine, batch=1)  # one call per transform: the faster on a CPU
+        except ShapeError as e:
+            self.methods.append(Method(name, kind, str(path)))
+            self.skipped[name] = f"{type(e).__name__}: {e}"
+            return
+        self.methods.append(Method(name, kind, str(path), {"engine": ensemble.info.to_dict()}))
+        self.denoisers[name] = _engine_denoiser(ensemble)
 
     def add_baselines(self, baselines: Sequence[str], sigmas: Sequence[float]) -> None:
         """The classical denoisers (BM3D skipped with a note when its package is missing), then the noisy input."""

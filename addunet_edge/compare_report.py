@@ -12,6 +12,7 @@ import numpy as np
 from .artifacts import atomic_write_json, atomic_write_text
 from .classical_denoisers import BASELINE_LABELS, tv_weight
 from .compare import REFERENCE_IMAGE, CompareResult
+from .engines.ensemble import LABEL as ENSEMBLE_LABEL
 from .plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 JSON_NAME = "compare.json"
 MARKDOWN_NAME = "compare.md"
 FIGURE_NAME = "crops.png"
+ENSEMBLE_NOTE = (
+    f"Methods named {ENSEMBLE_LABEL} are the engine above them run as a test-time self-ensemble: the 8 rotations "
+    "and mirrors of the noisy image denoised, turned back and averaged; their time per image counts all 8."
+)
 
 
 def _fmt(x: float, spec: str) -> str:
@@ -75,9 +80,10 @@ def markdown_report(result: CompareResult, figure: str | None = FIGURE_NAME) -> 
         f"sigmas {', '.join(f'{s:g}' for s in result.sigmas)} (0-255 scale); noise seed {result.seed}. "
         "Every method sees the same noisy image; outputs are clipped to [0, 1]. Best per column in bold.",
         "",
-        "## Mean over images",
-        "",
     ]
+    if result.self_ensemble:
+        lines += [ENSEMBLE_NOTE, ""]
+    lines += ["## Mean over images", ""]
     header = ["method"] + [f"σ={s:g} PSNR dB / SSIM" for s in result.sigmas] + ["s / image"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in result.methods:

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import media, video_io
 from .artifacts import atomic_path, atomic_write_json
+from .engines.ensemble import SelfEnsemble
 from .errors import AddUNetEdgeError, ConfigError, DataError, StallError
 from .pipeline import FrameDenoiser, FrameResult
 from .run_jobs import MediaJob, plan_jobs
@@ -341,6 +342,9 @@ class MediaRunner:
             if self._predictions is not None:
                 self._predictions.close()
         finally:
+            engine = self.denoiser.engine
+            if isinstance(engine, SelfEnsemble):
+                self.summary.self_ensemble = engine.usage()
             atomic_write_json(self.out_dir / "run_summary.json", self.summary.to_dict())
 
 

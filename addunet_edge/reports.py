@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .artifacts import atomic_write_json, atomic_write_text
+from .engines.ensemble import LABEL as ENSEMBLE_LABEL
 from .plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from .validation_results import ArtifactSummary, ValidationResult
+    from .validation_results import ArtifactSummary, Row, ValidationResult
 
 JSON_NAME = "validation.json"
 MARKDOWN_NAME = "report.md"
@@ -34,10 +35,18 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _label(summary: ArtifactSummary) -> str:
-    """Short display name: 'model.int8.onnx' or 'tiny (PyTorch)'."""
-    name = Path(summary.artifact).name
-    return f"{name} (PyTorch)" if summary.reference else name
+def _suffix(record: ArtifactSummary | Row) -> str:
+    return f" {ENSEMBLE_LABEL}" if record.self_ensemble else ""
+
+
+def _label(record: ArtifactSummary | Row) -> str:
+    """Short display name: 'model.int8.onnx', 'tiny (PyTorch)', with a self-ensemble 'model.int8.onnx +x8'."""
+    return Path(record.artifact).name + (" (PyTorch)" if record.reference else "") + _suffix(record)
+
+
+def _axis_label(summary: ArtifactSummary) -> str:
+    """An artifact's name in a figure: 'model.int8.onnx +x8' over 'onnxruntime, int8'."""
+    return f"{_label(summary)}\n{summary.backend}, {summary.precision}"
 
 
 _COLUMNS = (
@@ -66,7 +75,7 @@ def _table_rows(result: ValidationResult) -> list[tuple[list[str], bool | None]]
         budget = "-" if b is None else f"-{b.max_psnr_drift_db:g} dB / -{b.max_acc_drop_pt:g} pt"
         status = None if r.reference else r.passed
         cells = [
-            Path(r.artifact).name + (" (PyTorch)" if r.reference else ""),
+            _label(r),
             r.backend,
             r.precision + (f"/{r.target}" if r.target else ""),
             f"{r.sigma:g}",
@@ -85,12 +94,37 @@ def _table_rows(result: ValidationResult) -> list[tuple[list[str], bool | None]]
     return out
 
 
+def ensemble_lines(result: ValidationResult) -> list[str]:
+    """With a self-ensemble: what it is, then per sigma the reference's PSNR, accuracy and time with and without."""
+    e = result.self_ensemble
+    if not e:
+        return []
+    lines = [
+        f"every engine, the PyTorch reference included, ran as a test-time self-ensemble ({e['label']}: the "
+        f"{e['transforms']} rotations and mirrors of each image, denoised, turned back and averaged, logits too); "
+        "drift compares ensemble with ensemble"
+    ]
+    for sigma, r in e["reference"].items():
+        acc = (
+            ""
+            if math.isnan(r["accuracy"])
+            else f", accuracy {_pct(r['accuracy'])} % vs {_pct(r['accuracy_without'])} %"
+        )
+        lines.append(
+            f"σ={sigma}: PyTorch {e['label']} {r['psnr_db']:.2f} dB vs {r['psnr_db_without']:.2f} dB without "
+            f"({r['gain_db']:+.2f} dB){acc}; {r['time_ratio']:.1f}x the time ({r['seconds']:.3f} s vs "
+            f"{r['seconds_without']:.3f} s)"
+        )
+    return lines
+
+
 def rich_table(result: ValidationResult) -> Table:
     from rich.table import Table
 
+    ensemble = f", every engine {result.self_ensemble['label']}" if result.self_ensemble else ""
     table = Table(
         title=f"drift against PyTorch: {Path(result.checkpoint).name} on {result.dataset.get('name')} "
-        f"(test split, {result.dataset.get('images')} images)",
+        f"(test split, {result.dataset.get('images')} images{ensemble})",
         caption="drift: PSNR minus PyTorch's (negative = worse); fidelity: PSNR against PyTorch's output; "
         "acc Δ: accuracy minus PyTorch's in points (negative = worse). Budgets (lowest drift dB / acc Δ pt): "
         + ", ".join(f"{p} -{b.max_psnr_drift_db:g} / -{b.max_acc_drop_pt:g}" for p, b in result.budgets.items()),
@@ -115,7 +149,7 @@ def markdown(result: ValidationResult, figures: bool = True) -> str:
     verdict = (
         "**PASS**: every artifact is within its budget"
         if result.passed
-        else ("**FAIL**: " + ", ".join(f"`{Path(a.artifact).name}`" for a in result.failed) + " break their budget")
+        else ("**FAIL**: " + ", ".join(f"`{_label(a)}`" for a in result.failed) + " break their budget")
     )
     lines = [
         "# addunet-edge validation",
@@ -142,6 +176,8 @@ def markdown(result: ValidationResult, figures: bool = True) -> str:
         if status is False:
             cells[-1] = "**FAIL**"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if result.self_ensemble:
+        lines += ["", "## Self-ensemble", ""] + [f"- {line}" for line in ensemble_lines(result)]
     if result.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result.warnings]
     if figures:
@@ -181,7 +217,7 @@ def plot_crops(result: ValidationResult, path: str | Path) -> Path:
     plt = pyplot()
     columns = [("clean", s.clean), (f"noisy σ={s.sigma:g}", s.noisy)]
     columns += [
-        ("PyTorch (reference)" if a.reference else f"{Path(a.artifact).name}\n{a.backend}, {a.precision}", out)
+        (_axis_label(a) if not a.reference else "PyTorch (reference)" + _suffix(a), out)
         for a, out in zip(result.artifacts, s.outputs, strict=True)
     ]
     n_rows, n_cols = len(s.clean), len(columns)
@@ -269,7 +305,7 @@ def plot_drift(result: ValidationResult, path: str | Path) -> Path:
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_ylabel(ylabel)
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{Path(a.artifact).name}\n{a.backend}, {a.precision}" for a in arts], fontsize=8)
+        ax.set_xticklabels([_axis_label(a) for a in arts], fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         lo, hi = ax.get_ylim()

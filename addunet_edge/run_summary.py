@@ -190,6 +190,8 @@ class RunSummary:
     interrupted: bool = False
     streams: list[StreamStats] = field(default_factory=list)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # With --self-ensemble: engines.ensemble.SelfEnsemble.usage() (images through 8 or 4 transforms, calls).
+    self_ensemble: dict[str, Any] | None = None
 
     @property
     def fps(self) -> float:
@@ -218,5 +220,6 @@ class RunSummary:
             "latency_ms": self.latency.to_dict(),
             "peak_rss_mib": None if rss is None else round(rss, 1),
             "interrupted": self.interrupted,
+            "self_ensemble": self.self_ensemble,
             "streams": [s.to_dict() for s in self.streams],
         }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,7 @@ def validate(
     budgets: Mapping[str, Budget] | Budget | None = None,
     progress: bool = True,
     engine_options: Mapping[str, Mapping[str, Any]] | None = None,
+    self_ensemble: bool = False,
 ) -> ValidationResult:
     """Run the checkpoint (PyTorch, the reference) and every artifact on the same noisy test images.
 
@@ -210,9 +212,12 @@ def validate(
     Budget (default DEFAULT_BUDGETS) or is one Budget for all. `engine_options` maps a backend name
     ('torch', 'onnxruntime', 'tensorrt') to options for open_engine. Artifacts that do not belong to the
     checkpoint raise ArtifactError before any inference; budget failures are reported in the result
-    (`result.passed`), not raised.
+    (`result.passed`), not raised. `self_ensemble` runs every engine, the reference included, as an
+    `engines.ensemble.SelfEnsemble` (about 8x the time): drift then compares ensemble with ensemble, and
+    `result.self_ensemble` gives the reference's PSNR, accuracy and time with and without it per sigma.
     """
     from .engines import backend_for, open_engine
+    from .engines.ensemble import SelfEnsemble
 
     checkpoint = Path(checkpoint)
     sigma_list = tuple(float(s) for s in sigmas)
@@ -233,19 +238,24 @@ def validate(
         ref_engine = stack.enter_context(open_engine(checkpoint, **options.get("torch", {})))
         config = ref_engine.model.config.to_dict()
         engines, warnings = _open_checked(stack, checkpoint, ref_engine, [Path(a) for a in artifacts], table, options)
+        if self_ensemble:
+            engines = [replace(e, engine=SelfEnsemble(e.engine, batch=batch)) for e in engines]
         test, description = _load_eval_set(
             dataset, ref_engine.meta, config["in_channels"], config["num_classes"], limit
         )
         n = len(test)
         batches = [_engine_batch(e.engine.info.profile, batch, n, tuple(test.clean.shape[1:]), e.path) for e in engines]
         run = _Pass(test, sigma_list, seed, _sample_indices(test.clean))
-        total = len(sigma_list) * (-(-n // min(batch, n)) + sum(-(-n // b) for b in batches))
+        ref_passes = 2 if self_ensemble else 1  # with the ensemble, the plain reference runs too, for its gain
+        total = len(sigma_list) * (ref_passes * -(-n // min(batch, n)) + sum(-(-n // b) for b in batches))
         with progress_bar(progress) as bar:
             task = bar.add_task("PyTorch reference", total=total)
-            run.reference(checkpoint, ref_engine, min(batch, n), lambda: bar.advance(task))
+            advance = lambda: bar.advance(task)  # noqa: E731
+            reference = run.ensemble_reference if self_ensemble else run.reference
+            reference(checkpoint, ref_engine, min(batch, n), advance)
             for opened, b in zip(engines, batches, strict=True):
                 bar.update(task, description=f"{opened.path.name} ({opened.engine.info.backend}, {opened.precision})")
-                run.artifact(opened, table[opened.precision], b, lambda: bar.advance(task))
+                run.artifact(opened, table[opened.precision], b, advance)
                 opened.engine.close()  # free its session now rather than at the end
     return ValidationResult(
         checkpoint=str(checkpoint),
@@ -257,6 +267,7 @@ def validate(
         budgets=table,
         warnings=warnings,
         samples=run.samples(),
+        self_ensemble=run.ensemble,
     )
 
 
@@ -321,27 +332,64 @@ class _Pass:
         self.rows: list[Row] = []
         self.summaries: list[ArtifactSummary] = []
         self.sample_outputs: list[np.ndarray] = []
+        self.seconds: dict[float, float] = {}  # the reference's inference time per sigma
+        self.ensemble: dict[str, Any] | None = None
 
     def reference(self, checkpoint: Path, engine: Any, batch: int, advance: Any) -> None:
         test, rows = self.test, []
         for sigma in self.sigmas:
+            start = time.perf_counter()
             den, logits = _run(engine, self.noisy[sigma], batch, advance)
+            self.seconds[sigma] = time.perf_counter() - start
             m, _ = _metrics(den, logits, test.clean, test.labels, None)
             self.refs[sigma] = (den, logits)
             rows.append(
-                _row(checkpoint, engine.info, "fp32", None, sigma, len(test), self.noisy[sigma], test.clean, m, True)
+                Row.from_metrics(
+                    checkpoint, engine.info, "fp32", None, sigma, len(test), self.noisy[sigma], test.clean, m, True
+                )
             )
             if sigma == self.sample_sigma:
                 self.sample_outputs.append(_crop(den[self.picks]))
         self.rows += rows
-        self.summaries.append(_summary(checkpoint, engine.info, "fp32", None, None, rows, reference=True))
+        self.summaries.append(
+            ArtifactSummary.from_rows(checkpoint, engine.info, "fp32", None, None, rows, reference=True)
+        )
+
+    def ensemble_reference(self, checkpoint: Path, plain: Any, batch: int, advance: Any) -> None:
+        """The reference as a self-ensemble (its row), then without, for what the ensemble gains and costs."""
+        from .engines.ensemble import DIHEDRAL, LABEL, SelfEnsemble
+
+        ensemble = SelfEnsemble(plain, batch=batch)
+        first = self.noisy[self.sigmas[0]][:1]
+        for engine in (plain, ensemble):
+            engine(first)  # an untimed warm-up of both, so that neither time includes start-up
+        self.reference(checkpoint, ensemble, batch, advance)
+        without = {}
+        for sigma, row in zip(self.sigmas, self.rows[-len(self.sigmas) :], strict=True):
+            start = time.perf_counter()
+            den, logits = _run(plain, self.noisy[sigma], batch, advance)
+            seconds = time.perf_counter() - start
+            m, _ = _metrics(den, logits, self.test.clean, self.test.labels, None)
+            without[f"{sigma:g}"] = {
+                "psnr_db": row.psnr_db,
+                "psnr_db_without": m["psnr_db"],
+                "gain_db": row.psnr_db - m["psnr_db"],
+                "ssim": row.ssim,
+                "ssim_without": m["ssim"],
+                "accuracy": row.accuracy,
+                "accuracy_without": m["accuracy"],
+                "seconds": self.seconds[sigma],
+                "seconds_without": seconds,
+                "time_ratio": self.seconds[sigma] / seconds if seconds > 0 else math.nan,
+            }
+        self.ensemble = {"transforms": len(DIHEDRAL), "label": LABEL, "reference": without}
 
     def artifact(self, opened: _Opened, budget: Budget, batch: int, advance: Any) -> None:
         test, info, rows = self.test, opened.engine.info, []
         for sigma in self.sigmas:
             den, logits = _run(opened.engine, self.noisy[sigma], batch, advance)
             m, score = _metrics(den, logits, test.clean, test.labels, self.refs[sigma])
-            row = _row(
+            row = Row.from_metrics(
                 opened.path, info, opened.precision, opened.target, sigma, len(test), self.noisy[sigma], test.clean, m
             )
             row.budget = budget
@@ -350,7 +398,9 @@ class _Pass:
             if sigma == self.sample_sigma:
                 self.sample_outputs.append(_crop(den[self.picks]))
         self.rows += rows
-        self.summaries.append(_summary(opened.path, info, opened.precision, opened.target, budget, rows))
+        self.summaries.append(
+            ArtifactSummary.from_rows(opened.path, info, opened.precision, opened.target, budget, rows)
+        )
 
     def samples(self) -> Samples:
         return Samples(
@@ -359,63 +409,3 @@ class _Pass:
             noisy=_crop(self.noisy[self.sample_sigma][self.picks]),
             outputs=self.sample_outputs,
         )
-
-
-def _row(
-    path: Path,
-    info: Any,
-    precision: str,
-    target: str | None,
-    sigma: float,
-    n: int,
-    noisy: np.ndarray,
-    clean: np.ndarray,
-    m: Mapping[str, float],
-    reference: bool = False,
-) -> Row:
-    from .metrics import psnr
-
-    return Row(
-        artifact=str(path),
-        backend=str(info.backend),
-        precision=precision,
-        target=target,
-        sigma=sigma,
-        images=n,
-        psnr_db=m["psnr_db"],
-        ssim=m["ssim"],
-        noisy_psnr_db=psnr(noisy, clean),
-        psnr_drift_db=m["psnr_drift_db"],
-        fidelity_psnr_db=m["fidelity_psnr_db"],
-        max_abs_error=m["max_abs_error"],
-        logits_max_abs_error=m["logits_max_abs_error"],
-        accuracy=m["accuracy"],
-        accuracy_change_pt=m["accuracy_change_pt"],
-        agreement=m["agreement"],
-        reference=reference,
-        budget=None,
-        passed=True,
-    )
-
-
-def _summary(
-    path: Path,
-    info: Any,
-    precision: str,
-    target: str | None,
-    budget: Budget | None,
-    rows: list[Row],
-    reference: bool = False,
-) -> ArtifactSummary:
-    changes = [r.accuracy_change_pt for r in rows if math.isfinite(r.accuracy_change_pt)]
-    return ArtifactSummary(
-        artifact=str(path),
-        backend=str(info.backend),
-        precision=precision,
-        target=target,
-        budget=budget,
-        passed=all(r.passed for r in rows),
-        worst_psnr_drift_db=min(r.psnr_drift_db for r in rows),
-        worst_accuracy_change_pt=min(changes) if changes else float("nan"),
-        reference=reference,
-    )

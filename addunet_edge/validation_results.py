@@ -6,12 +6,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import AddUNetEdgeError, ConfigError
-from .metrics import fmt_signed
+from .metrics import fmt_signed, psnr
+
+if TYPE_CHECKING:
+    from .engines.base import EngineInfo
 
 SCHEMA = "addunet-edge/validate"
 # 2: rows carry accuracy_change_pt (negative = worse, like the drift) instead of accuracy_drop_pt.
@@ -84,6 +88,41 @@ class Row:
     reference: bool
     budget: Budget | None
     passed: bool
+    self_ensemble: bool = False  # run as a test-time self-ensemble (engines.ensemble): label "+x8"
+
+    @classmethod
+    def from_metrics(
+        cls,
+        path: Path,
+        info: EngineInfo,
+        precision: str,
+        target: str | None,
+        sigma: float,
+        n: int,
+        noisy: np.ndarray,
+        clean: np.ndarray,
+        m: Mapping[str, float],
+        reference: bool = False,
+    ) -> Row:
+        """The row of one engine (`info`) at one sigma from its figures `m` (validation's `_metrics`)."""
+        return cls(
+            **_engine_fields(path, info, precision, target),
+            sigma=sigma,
+            images=n,
+            psnr_db=m["psnr_db"],
+            ssim=m["ssim"],
+            noisy_psnr_db=psnr(noisy, clean),
+            psnr_drift_db=m["psnr_drift_db"],
+            fidelity_psnr_db=m["fidelity_psnr_db"],
+            max_abs_error=m["max_abs_error"],
+            logits_max_abs_error=m["logits_max_abs_error"],
+            accuracy=m["accuracy"],
+            accuracy_change_pt=m["accuracy_change_pt"],
+            agreement=m["agreement"],
+            reference=reference,
+            budget=None,
+            passed=True,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
@@ -100,6 +139,29 @@ class ArtifactSummary:
     worst_psnr_drift_db: float
     worst_accuracy_change_pt: float
     reference: bool = False
+    self_ensemble: bool = False
+
+    @classmethod
+    def from_rows(
+        cls,
+        path: Path,
+        info: EngineInfo,
+        precision: str,
+        target: str | None,
+        budget: Budget | None,
+        rows: list[Row],
+        reference: bool = False,
+    ) -> ArtifactSummary:
+        """One engine's verdict over its rows (one per sigma)."""
+        changes = [r.accuracy_change_pt for r in rows if math.isfinite(r.accuracy_change_pt)]
+        return cls(
+            **_engine_fields(path, info, precision, target),
+            budget=budget,
+            passed=all(r.passed for r in rows),
+            worst_psnr_drift_db=min(r.psnr_drift_db for r in rows),
+            worst_accuracy_change_pt=min(changes) if changes else float("nan"),
+            reference=reference,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
@@ -126,6 +188,8 @@ class ValidationResult:
     budgets: dict[str, Budget]
     warnings: list[str] = field(default_factory=list)
     samples: Samples | None = None
+    # With a self-ensemble: transforms, label, and per sigma the reference's figures with and without it.
+    self_ensemble: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -148,7 +212,19 @@ class ValidationResult:
             "rows": [r.to_dict() for r in self.rows],
             "warnings": list(self.warnings),
             "passed": self.passed,
+            "self_ensemble": _json_safe(self.self_ensemble),
         }
+
+
+def _engine_fields(path: Path, info: EngineInfo, precision: str, target: str | None) -> dict[str, Any]:
+    """What names the engine in a row or summary: its file, backend, precision, target, self-ensemble or not."""
+    return {
+        "artifact": str(path),
+        "backend": str(info.backend),
+        "precision": precision,
+        "target": target,
+        "self_ensemble": "self_ensemble" in info.extra,
+    }
 
 
 def _record_dict(record: Row | ArtifactSummary) -> dict[str, Any]:
@@ -156,6 +232,15 @@ def _record_dict(record: Row | ArtifactSummary) -> dict[str, Any]:
     d = {k: _json_number(v) for k, v in asdict(record).items()}
     d["budget"] = None if record.budget is None else record.budget.to_dict()
     return d
+
+
+def _json_safe(v: Any) -> Any:
+    """Nested dicts and lists with every number made JSON-safe."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return _json_number(v)
 
 
 def _json_number(v: Any) -> Any:

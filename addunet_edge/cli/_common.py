@@ -151,6 +151,14 @@ ThreadsOpt = Annotated[
     int, typer.Option("--threads", help="CPU threads for torch / onnxruntime (0 = library default).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
+SelfEnsembleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--self-ensemble",
+        help="Test-time self-ensemble: denoise the 8 rotations and mirrors of each image, turn the outputs "
+        "back and average them (class logits too). Costs about 8x the time.",
+    ),
+]
 
 
 def int8_budget(max_psnr_drift: float | None, max_acc_drop: float | None) -> Int8Budget | None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ._common import DeviceOpt, SeedOpt, ThreadsOpt, command, console, parse_float_list
+from ._common import DeviceOpt, SeedOpt, SelfEnsembleOpt, ThreadsOpt, command, console, parse_float_list
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -38,15 +38,18 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Path | None, typer.Option(help="Folder for compare.json, compare.md, crops.png.")] = None,
         device: DeviceOpt = "cpu",
         threads: ThreadsOpt = 0,
+        self_ensemble: SelfEnsembleOpt = False,
     ) -> None:
         """Our checkpoint and its artifacts against BM3D, NL-means, TV and wavelet denoising on held-out photos.
 
         Every method sees the same seeded noisy image; PSNR, SSIM and seconds per image are reported per
-        sigma (mean over images, best in bold), and whether the checkpoint beats BM3D on camera.
+        sigma (mean over images, best in bold), and whether the checkpoint beats BM3D on camera. With
+        --self-ensemble, the checkpoint and each artifact also run as a self-ensemble ("+x8" rows, timed the same
+        way: about 8x the time).
         """
         from ..artifacts import atomic_write_json
         from ..compare import compare
-        from ..compare_report import bm3d_verdict_lines, summary_table, write_reports
+        from ..compare_report import ENSEMBLE_NOTE, bm3d_verdict_lines, summary_table, write_reports
         from ..engines import options_for
 
         def options(path: Path) -> dict[str, Any]:
@@ -61,8 +64,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             crop=crop or None,
             engine_options=options,
+            self_ensemble=self_ensemble,
         )
         console.print(summary_table(result))
+        if self_ensemble:
+            console.print(escape(ENSEMBLE_NOTE), soft_wrap=True)
         for name, why in result.skipped.items():
             console.print(f"[yellow]skipped[/] {escape(name)}: {escape(why)}", soft_wrap=True)
         for line in bm3d_verdict_lines(result):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import command, console, err_console, parse_float_list
+from ._common import SelfEnsembleOpt, command, console, err_console, parse_float_list
 
 VALIDATE_HELP = (
     "Run the PyTorch CHECKPOINT (the reference) and every ARTIFACT (fp32 / fp16 / int8 ONNX, TensorRT plans) "
@@ -17,6 +17,9 @@ VALIDATE_HELP = (
     "= worse), fidelity (PSNR against PyTorch's output), max abs error, accuracy, its drop (points) and top-1 "
     "agreement. Default budgets per precision: fp32 0.01 dB / 0 pt, fp16 0.05 dB / 0.2 pt, int8 0.3 dB / 1 pt; "
     "--max-psnr-drift / --max-acc-drop replace them for every artifact.\n\n"
+    "--self-ensemble runs every engine, the reference included, on the 8 rotations and mirrors of each image "
+    "and averages them (drift is then ensemble against ensemble; about 8x the time); the PyTorch reference also "
+    "runs once without it, to show its gain in PSNR and its cost in time.\n\n"
     "Exit code 0 when every artifact is within its budget, 3 when any breaks it, 2 when an artifact does not "
     "belong to the checkpoint (checked before anything runs)."
 )
@@ -51,9 +54,10 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[
             int, typer.Option("--seed", help="Noise seed (the test split follows the checkpoint's recorded seed).")
         ] = 0,
+        self_ensemble: SelfEnsembleOpt = False,
     ) -> None:
         from ..artifacts import output_lock
-        from ..reports import rich_table, write_json, write_reports
+        from ..reports import ensemble_lines, rich_table, write_json, write_reports
         from ..validation import validate
         from ..validation_results import budget_error, resolve_budgets
 
@@ -69,10 +73,13 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             budgets=budgets,
             progress=True,
+            self_ensemble=self_ensemble,
         )
         for line in result.warnings:
             err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
         console.print(rich_table(result))
+        for line in ensemble_lines(result):
+            console.print(f"self-ensemble: {escape(line)}", soft_wrap=True)
         if json_path is not None:
             write_json(result, json_path)
             console.print(f"wrote {json_path}")

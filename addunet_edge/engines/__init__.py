@@ -1,4 +1,5 @@
-"""Engines: one protocol (engines.base) and one module per backend; open_engine picks the backend."""
+"""Engines: one protocol (engines.base) and one module per backend; open_engine picks the backend.
+`SelfEnsemble(engine)` (engines.ensemble) runs any of them as a test-time self-ensemble."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from ..errors import ArtifactError, ConfigError
 from .base import INPUT_NAME, OUTPUT_NAMES, Engine, EngineInfo, InputProfile, Prediction
+from .ensemble import SelfEnsemble
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -72,6 +74,7 @@ __all__ = [
     "EngineInfo",
     "InputProfile",
     "Prediction",
+    "SelfEnsemble",
     "backend_for",
     "open_engine",
     "options_for",

@@ -241,6 +241,32 @@ def test_torch_cuda_tensors_are_served_without_host_copies(artifacts: dict[str, 
     np.testing.assert_allclose(out.logits.cpu().numpy(), expected.logits, atol=1e-5)
 
 
+def test_a_plan_runs_as_a_self_ensemble_within_its_batch_profile(artifacts: dict[str, Any]) -> None:
+    """Batch 1..4: two 64x64 images make four calls of two transforms each; numpy and CUDA tensors agree."""
+    import torch
+
+    from addunet_edge.engines.ensemble import DIHEDRAL, SelfEnsemble, transform, untransform
+    from addunet_edge.engines.tensorrt import TensorRTEngine
+
+    noisy = _images(2, 64, seed=9)
+    with TensorRTEngine(artifacts["plans"]["fp32"]) as engine:
+        ensemble = SelfEnsemble(engine)
+        out = ensemble(noisy)
+        by_hand = [
+            untransform(engine(np.ascontiguousarray(transform(noisy, k, f))).denoised, k, f) for k, f in DIHEDRAL
+        ]
+        wide = ensemble(np.ascontiguousarray(np.concatenate([noisy, noisy], axis=3)[:, :, :32]))  # 32x128
+        on_gpu = ensemble(torch.from_numpy(noisy).cuda()) if torch.cuda.is_available() else None
+    assert ensemble.usage()["engine_calls"] == 4 + 4 + (4 if on_gpu is not None else 0)
+    assert ensemble.info.profile.max_hw == (128, 128) and ensemble.info.backend == "tensorrt"
+    np.testing.assert_allclose(out.denoised, np.mean(by_hand, axis=0), atol=1e-5)
+    assert wide.denoised.shape == (2, 1, 32, 128)
+    if on_gpu is not None:
+        assert isinstance(on_gpu.denoised, torch.Tensor) and on_gpu.denoised.is_cuda
+        np.testing.assert_allclose(on_gpu.denoised.cpu().numpy(), out.denoised, atol=1e-5)
+        np.testing.assert_allclose(on_gpu.logits.cpu().numpy(), out.logits, atol=1e-5)
+
+
 def test_cuda_graph_replays_the_same_result(artifacts: dict[str, Any]) -> None:
     from addunet_edge.engines.tensorrt import TensorRTEngine
 
