@@ -13,7 +13,6 @@ import csv
 import json
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from . import media, video_io
 from .artifacts import atomic_path, atomic_write_json
+from .ctrl_c import python_handles_ctrl_c
 from .engines.ensemble import SelfEnsemble
 from .errors import AddUNetEdgeError, ConfigError, DataError, StallError
 from .pipeline import FrameDenoiser, FrameResult
@@ -355,11 +355,9 @@ def ctrl_c_deferred() -> Iterator[None]:
     Python raises KeyboardInterrupt at the first line after a C call returns; after cv2 has written a frame,
     that line is the one that counts it, and a Ctrl-C during the encode would leave the file holding a frame
     the summary does not (it did, in a test). So writing, counting and recording a frame go together.
-    Only in the main thread, and only over Python's own SIGINT handler: anything else is left alone.
+    Only in the main thread, and only over Python's own SIGINT handling: anything else is left alone.
     """
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    if not python_handles_ctrl_c():
         yield
         return
     caught: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ..ctrl_c import noting_ctrl_c
 from ..errors import AddUNetEdgeError
 
 if TYPE_CHECKING:
@@ -78,10 +80,13 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
     def decorator(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
+            ctrl_c = threading.Event()
             try:
-                return fn(*args, **kw)
+                with noting_ctrl_c(ctrl_c):
+                    return fn(*args, **kw)
             except Exception as e:
-                if _caused_by_ctrl_c(e):
+                # A failure after Ctrl-C is the interruption the user asked for, whatever error it surfaced as.
+                if ctrl_c.is_set() or _caused_by_ctrl_c(e):
                     err_console.print("[yellow]interrupted[/]: completed outputs were kept")
                     raise typer.Exit(code=130) from None
                 if not isinstance(e, AddUNetEdgeError):

@@ -97,6 +97,42 @@ def test_ctrl_c_that_a_library_turned_into_an_error_of_its_own_still_exits_130()
     assert isinstance(result.exception, RuntimeError)  # a failure with no Ctrl-C behind it stays a failure
 
 
+def test_an_error_that_replaced_a_ctrl_c_without_a_trace_still_exits_130() -> None:
+    """Found by the soak: Ctrl-C inside safetensors' load came out of torch as "could not determine the shape
+    of object type 'torch.storage.UntypedStorage'" with no chain to the KeyboardInterrupt, and `train
+    --resume` called its intact state unreadable (exit 2)."""
+    import signal
+
+    import typer
+    from typer.testing import CliRunner
+
+    from addunet_edge.cli._common import command
+
+    app = typer.Typer()
+
+    @command(app, "interrupted")
+    def interrupted() -> None:
+        try:  # C++ code calling back into Python: the KeyboardInterrupt is dropped ...
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        # ... and an error of its own is raised, outside the except block: no __context__ to follow
+        raise TypeError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    @command(app, "broken")
+    def broken() -> None:
+        raise TypeError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    before = signal.getsignal(signal.SIGINT)
+    result = CliRunner().invoke(app, ["interrupted"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "could not determine" not in result.output
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is the command's only
+    result = CliRunner().invoke(app, ["broken"])
+    assert isinstance(result.exception, TypeError)  # with no Ctrl-C, a failure stays a failure
+
+
 # == a full disk ==========================================================================================
 
 
