@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .ctrl_c import ctrl_c_deferred
 from .errors import MissingDependencyError
 
 # module -> (distribution to install, extra of addunet-edge that brings it)
@@ -37,7 +38,8 @@ def install_hint(module: str) -> str:
 def require(module: str, purpose: str) -> ModuleType:
     """Import `module` or raise MissingDependencyError saying what needs it and how to install it."""
     try:
-        return importlib.import_module(module)
+        with ctrl_c_deferred():  # Ctrl-C inside a native module's init can crash the process: take it after
+            return importlib.import_module(module)
     except ImportError as e:
         raise MissingDependencyError(
             f"{purpose} needs the Python package '{module}', which is not importable here ({e}). "

@@ -5,7 +5,9 @@ into Python can replace a pending KeyboardInterrupt by an error of its own with 
 inside safetensors' load came out of torch as "could not determine the shape of object type
 'torch.storage.UntypedStorage'", found by the interruption soak, and `train --resume` then called its intact
 state unreadable). `noting_ctrl_c` installs a handler that raises KeyboardInterrupt as Python's does and
-also sets an event the CLI reads when an error ends the command.
+also sets an event the CLI reads when an error ends the command. `ctrl_c_deferred` holds Ctrl-C back over
+work that must not stop half done: a frame written and counted, and the import of a native module (a
+KeyboardInterrupt raised inside onnx's extension-module init crashed the process, exit -11, in the soak).
 """
 
 from __future__ import annotations
@@ -48,3 +50,25 @@ def noting_ctrl_c(seen: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise it: for work that must not stop half done.
+
+    Python raises KeyboardInterrupt at the first line after a C call returns; after cv2 has written a frame,
+    that line is the one that counts it, and a Ctrl-C during the encode would leave the file holding a frame
+    the summary does not (it did, in a test). So writing, counting and recording a frame go together.
+    Only in the main thread, and only over Python's own SIGINT handling: anything else is left alone.
+    """
+    if not python_handles_ctrl_c():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:  # raised even over an error of the block's own: the user asked to stop
+            raise KeyboardInterrupt

@@ -12,9 +12,8 @@ import contextlib
 import csv
 import json
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from . import media, video_io
 from .artifacts import atomic_path, atomic_write_json
-from .ctrl_c import python_handles_ctrl_c
+from .ctrl_c import ctrl_c_deferred
 from .engines.ensemble import SelfEnsemble
 from .errors import AddUNetEdgeError, ConfigError, DataError, StallError
 from .pipeline import FrameDenoiser, FrameResult
@@ -346,28 +345,6 @@ class MediaRunner:
             if isinstance(engine, SelfEnsemble):
                 self.summary.self_ensemble = engine.usage()
             atomic_write_json(self.out_dir / "run_summary.json", self.summary.to_dict())
-
-
-@contextlib.contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back until the block ends, then raise it: for work that must not stop half done.
-
-    Python raises KeyboardInterrupt at the first line after a C call returns; after cv2 has written a frame,
-    that line is the one that counts it, and a Ctrl-C during the encode would leave the file holding a frame
-    the summary does not (it did, in a test). So writing, counting and recording a frame go together.
-    Only in the main thread, and only over Python's own SIGINT handling: anything else is left alone.
-    """
-    if not python_handles_ctrl_c():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:  # raised even over an error of the block's own: the user asked to stop
-            raise KeyboardInterrupt
 
 
 def _finish(writers: list[video_io.VideoWriter], stats: StreamStats) -> None:
