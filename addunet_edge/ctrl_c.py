@@ -13,20 +13,42 @@ KeyboardInterrupt raised inside onnx's extension-module init crashed the process
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
+RETRY_S = 0.05  # how soon a Ctrl-C that came during an import is tried again
+
+
+def _inside_import(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside an import (importlib's frozen bootstrap is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
 
 class _RaiseAndNote:
-    """Python's Ctrl-C (KeyboardInterrupt), which also sets `seen`."""
+    """Python's Ctrl-C (KeyboardInterrupt), which also sets `seen`; during an import it comes a little later.
+
+    A KeyboardInterrupt raised while a native module initialises kills the process: inside torch's pybind11
+    init it became std::terminate (SIGABRT), inside onnx's a SIGSEGV (both found by the interruption soak).
+    So a Ctrl-C that arrives inside an import is sent again every RETRY_S seconds until it lands outside one.
+    """
 
     def __init__(self, seen: threading.Event) -> None:
         self.seen = seen
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.seen.set()
+        if _inside_import(frame):
+            retry = threading.Timer(RETRY_S, os.kill, (os.getpid(), signal.SIGINT))
+            retry.daemon = True
+            retry.start()
+            return
         signal.default_int_handler(signum, frame)
 
 
