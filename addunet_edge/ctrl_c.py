@@ -94,3 +94,21 @@ def ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if caught:  # raised even over an error of the block's own: the user asked to stop
             raise KeyboardInterrupt
+
+
+def caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `error`.
+
+    A library that catches broadly can turn Ctrl-C into an error of its own: torch.onnx.export, interrupted
+    inside its first import of torch._dynamo, evaluates `except torch._dynamo.exc.UserError` on the half-imported
+    module (an AttributeError) and reports "Failed to export the model" (TorchExportError).
+    """
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        if id(e) not in seen:
+            seen.add(id(e))
+            todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return False

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from ..ctrl_c import noting_ctrl_c
+from ..ctrl_c import caused_by_ctrl_c, noting_ctrl_c
 from ..errors import AddUNetEdgeError
 
 if TYPE_CHECKING:
@@ -56,24 +56,6 @@ class Group(TyperGroup):
         return _flags_read_as_flags(super().get_params(ctx))
 
 
-def _caused_by_ctrl_c(error: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the causes of `error`.
-
-    A library that catches broadly can turn Ctrl-C into an error of its own: torch.onnx.export, interrupted
-    inside its first import of torch._dynamo, evaluates `except torch._dynamo.exc.UserError` on the half-imported
-    module (an AttributeError) and reports "Failed to export the model" (TorchExportError).
-    """
-    todo, seen = [error], set()
-    while todo:
-        e = todo.pop()
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        if id(e) not in seen:
-            seen.add(id(e))
-            todo += [c for c in (e.__cause__, e.__context__) if c is not None]
-    return False
-
-
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register `fn` on `app`; the package's own errors become one red line and their exit code; Ctrl-C exits 130."""
 
@@ -86,7 +68,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                     return fn(*args, **kw)
             except Exception as e:
                 # A failure after Ctrl-C is the interruption the user asked for, whatever error it surfaced as.
-                if ctrl_c.is_set() or _caused_by_ctrl_c(e):
+                if ctrl_c.is_set() or caused_by_ctrl_c(e):
                     err_console.print("[yellow]interrupted[/]: completed outputs were kept")
                     raise typer.Exit(code=130) from None
                 if not isinstance(e, AddUNetEdgeError):
