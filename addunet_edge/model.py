@@ -16,6 +16,7 @@ Arch = Literal["addunet", "concat"]
 Resampling = Literal["none", "stride"]
 HeadCapacity = Literal["limited", "full", "conv"]
 Norm = Literal["none", "batch"]
+Upsampling = Literal["transposed", "bilinear"]
 
 # softplus(GATE_INIT) == 1: every skip starts fully open, as in the paper.
 GATE_INIT = math.log(math.e - 1.0)
@@ -33,6 +34,12 @@ class ModelConfig:
     kernel_sizes: tuple[int, ...] = (3,)
     # 'none' keeps full resolution (the paper); 'stride' halves H and W per level (far cheaper on big frames).
     resampling: Resampling = "none"
+    # How 'stride' goes back up: 'transposed' is a 2x2 stride-2 transposed conv (each input pixel paints one
+    # 2x2 block: staircase edges on thin diagonals); 'bilinear' interpolates and lets the decoder's convs refine.
+    upsampling: Upsampling = "transposed"
+    # Pixel-unshuffle the input by this factor (FFDNet-style): the trunk runs at 1/f resolution on c*f*f
+    # channels, and the head's c*f*f channels are shuffled back. 1 = off.
+    unshuffle: int = 1
     # Predict the noise and subtract it (DnCNN-style); easier to train for denoising.
     residual_output: bool = True
     num_classes: int = 10  # 0 = denoise only
@@ -50,7 +57,7 @@ class ModelConfig:
     head_detach: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "width", "depth", "num_classes"):
+        for name in ("in_channels", "width", "depth", "num_classes", "unshuffle"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -81,6 +88,10 @@ class ModelConfig:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.head not in ("limited", "full", "conv"):
             raise ConfigError(f"head must be 'limited', 'full' or 'conv', got {self.head!r}")
+        if self.upsampling not in ("transposed", "bilinear"):
+            raise ConfigError(f"upsampling must be 'transposed' or 'bilinear', got {self.upsampling!r}")
+        if self.unshuffle not in (1, 2, 4):
+            raise ConfigError(f"unshuffle must be 1, 2 or 4, got {self.unshuffle}")
         if self.norm not in ("none", "batch"):
             raise ConfigError(f"norm must be 'none' or 'batch', got {self.norm!r}")
         if not isinstance(self.head_projection, bool) or not isinstance(self.head_detach, bool):
@@ -93,7 +104,7 @@ class ModelConfig:
     @property
     def size_multiple(self) -> int:
         """Inputs are padded to a multiple of this (1 for full-rate models)."""
-        return 2**self.depth if self.resampling == "stride" else 1
+        return self.unshuffle * (2**self.depth if self.resampling == "stride" else 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -183,22 +194,28 @@ class ClassifierHead(nn.Module):
         return self.fc(self.features(self.proj(x)).mean(dim=(2, 3)))
 
 
+def _up(width: int, config: ModelConfig) -> nn.Module:
+    if config.resampling != "stride":
+        return nn.Identity()
+    if config.upsampling == "bilinear":
+        return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    return nn.ConvTranspose2d(width, width, 2, stride=2)
+
+
 class _UNetBase(nn.Module):
     """Shared parts: stem, resampling, image head, classifier, padding, and the residual output."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        c, w = config.in_channels, config.width
+        c, w = config.in_channels * config.unshuffle**2, config.width
         self.stem = nn.Conv2d(c, w, config.kernel_sizes[0], padding=config.kernel_sizes[0] // 2)
         self.head = nn.Conv2d(w, c, 1)
         stride = config.resampling == "stride"
         self.down = nn.ModuleList(
             [nn.Conv2d(w, w, 2, stride=2) if stride else nn.Identity() for _ in range(config.depth)]
         )
-        self.up = nn.ModuleList(
-            [nn.ConvTranspose2d(w, w, 2, stride=2) if stride else nn.Identity() for _ in range(config.depth)]
-        )
+        self.up = nn.ModuleList([_up(w, config) for _ in range(config.depth)])
         self.classifier = (
             ClassifierHead(w, config.num_classes, config.head, config.head_projection)
             if config.num_classes > 0
@@ -213,8 +230,11 @@ class _UNetBase(nn.Module):
         m = self.config.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
         x = F.pad(noisy, (0, pad_w, 0, pad_h), mode="replicate") if (pad_h or pad_w) else noisy
-        out, deepest = self._trunk(x)
+        f = self.config.unshuffle
+        out, deepest = self._trunk(F.pixel_unshuffle(x, f) if f > 1 else x)
         out = self.head(out)
+        if f > 1:
+            out = F.pixel_shuffle(out, f)
         if pad_h or pad_w:
             out = out[..., :h, :w]
         denoised = noisy - out if self.config.residual_output else out

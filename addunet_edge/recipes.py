@@ -28,6 +28,8 @@ class Recipe:
     minutes: float | None = None
     cls_weight: float = 0.0  # lambda of L = MSE + lambda * CE (digits only)
     residual_output: bool = True  # predict the noise (True) or the clean image (False)
+    upsampling: str = "transposed"
+    unshuffle: int = 1
 
 
 # digits: 32x32 images, 10 classes, sigma 25 (the paper's multi-task setting). Measured (2-core CPU, seed 0):
@@ -91,6 +93,8 @@ def train_recipe(
     depth: int | None = None,
     kernel_sizes: str | None = None,
     resampling: str | None = None,
+    upsampling: str | None = None,
+    unshuffle: int | None = None,
     residual_output: bool | None = None,
     norm: str | None = None,
     bound: float | None = None,
@@ -133,6 +137,8 @@ def train_recipe(
         depth=depth or recipe.depth,
         kernel_sizes=_kernel_sizes(kernel_sizes) or recipe.kernel_sizes,
         resampling=resampling or recipe.resampling,
+        upsampling=upsampling or recipe.upsampling,
+        unshuffle=unshuffle or recipe.unshuffle,
         num_classes=num_classes,
         head=head,
         residual_output=recipe.residual_output if residual_output is None else residual_output,

@@ -36,6 +36,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full32": {"width": 32, "resampling": "none"},
     "lr4e-3": {"lr": 4e-3},
     "full32-nonorm": {"width": 32, "resampling": "none", "norm": "none"},
+    # issue 20: bilinear up-sampling (no staircase), and the trunk at half resolution on 4 channels (FFDNet)
+    "bilinear": {"upsampling": "bilinear"},
+    "u2-w64-bilinear": {"unshuffle": 2, "width": 64, "upsampling": "bilinear"},
+    "u2-w96": {"unshuffle": 2, "width": 96},
+    "u2-w96-bilinear": {"unshuffle": 2, "width": 96, "upsampling": "bilinear"},
+    "bilinear-nonorm": {"upsampling": "bilinear", "norm": "none"},
+    "bilinear-b32": {"upsampling": "bilinear", "batch_size": 32},
+    "bilinear-lr4e-3": {"upsampling": "bilinear", "lr": 4e-3},
 }
 SIGMAS = (15.0, 25.0, 50.0)
 

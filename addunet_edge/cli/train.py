@@ -9,10 +9,11 @@ import typer
 
 from ._common import DatasetOpt, DeviceOpt, SeedOpt, command, console
 
-# The choices of the model's options (model.Arch, Resampling, Norm and HeadCapacity), spelled out here: importing
-# the model would import torch into the start-up of every command. Typer lists them in --help and checks them.
+# The choices of the model's options (model.Arch, Resampling, Upsampling, Norm and HeadCapacity), spelled out
+# here: importing the model would import torch into the start-up of every command. Typer lists and checks them.
 Arch = Literal["addunet", "concat"]
 Resampling = Literal["none", "stride"]
+Upsampling = Literal["transposed", "bilinear"]
 Norm = Literal["batch", "none"]
 Head = Literal["limited", "full", "conv"]
 # An unset option (None) takes the recipe's value for the dataset, or the model's default where it has none.
@@ -51,6 +52,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
         resampling: Annotated[
             Resampling | None, typer.Option(help="none: full-rate; stride: multi-scale. Unset: the recipe's.")
+        ] = None,
+        upsampling: Annotated[
+            Upsampling | None,
+            typer.Option(help="With stride: transposed conv, or bilinear + the decoder's convs. Unset: the recipe's."),
+        ] = None,
+        unshuffle: Annotated[
+            int | None,
+            typer.Option(min=1, max=4, help="Pixel-unshuffle the input by 1, 2 or 4 (FFDNet). Unset: the recipe's."),
         ] = None,
         residual_output: Annotated[bool | None, typer.Option("--residual/--direct", help="Predict the noise.")] = None,
         norm: Annotated[

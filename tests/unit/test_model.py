@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,6 +23,11 @@ VARIANTS = [
     for a in ("addunet", "concat")
     for r in ("none", "stride")
     for n, b in (("batch", 4.0), ("none", None))
+] + [
+    # issue 20's photo options: bilinear up-sampling, and the trunk on a pixel-unshuffled input
+    dict(arch="addunet", resampling="stride", upsampling="bilinear", norm="none", bound=None),
+    dict(arch="addunet", resampling="stride", unshuffle=2, norm="batch", bound=4.0),
+    dict(arch="concat", resampling="none", unshuffle=2, norm="batch", bound=4.0),
 ]
 
 
@@ -60,6 +67,31 @@ def test_stride_padding_equals_explicit_padding() -> None:
         ref, _ = model(padded)
     # residual output: denoised = noisy - noise estimate; compare the noise estimates on the crop
     torch.testing.assert_close(x - out, (padded - ref)[..., :13, :10])
+
+
+def test_unshuffle_runs_the_trunk_at_half_resolution_on_four_channels() -> None:
+    """Pixel-unshuffle by 2: the stem sees 4 channels at H/2 x W/2, the output is back at H x W, and sizes
+    pad to 2 x 2**depth (a shift by one pixel is not a shift of the trunk's grid)."""
+    config = ModelConfig(width=8, depth=2, resampling="stride", unshuffle=2, num_classes=0)
+    model = build_model(config).eval()
+    assert config.size_multiple == 8 and model.stem.in_channels == 4 and model.head.out_channels == 4
+    seen = []
+    model.stem.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    with torch.no_grad():
+        out, _ = model(torch.rand(1, 1, 13, 21))
+    assert seen == [(1, 4, 8, 12)] and out.shape == (1, 1, 13, 21)
+    full = build_model(dataclasses.replace(config, unshuffle=1))
+    assert count_macs(model).macs_per_pixel < count_macs(full).macs_per_pixel / 3
+
+
+def test_bilinear_up_sampling_has_no_staircase() -> None:
+    """A transposed 2x2 stride-2 conv paints each deep pixel as one flat 2x2 block; bilinear does not."""
+    deep = torch.arange(16.0).reshape(1, 1, 4, 4)
+    bilinear = build_model(ModelConfig(width=1, depth=1, resampling="stride", upsampling="bilinear"))
+    assert not any(p.numel() for p in bilinear.up.parameters())
+    up = bilinear.up[0](deep)
+    assert up.shape == (1, 1, 8, 8)
+    assert (up[..., 0::2, :] != up[..., 1::2, :]).any()  # neighbouring rows differ: no 2x2 blocks
 
 
 def test_subtractive_encoder_identity() -> None:
@@ -149,6 +181,9 @@ def test_export_rewrite_is_exact() -> None:
         dict(norm="layer"),
         dict(bound=-1.0),
         dict(arch="resnet"),
+        dict(upsampling="nearest"),
+        dict(unshuffle=3),
+        dict(unshuffle=0),
     ],
 )
 def test_invalid_config_is_refused(kwargs: dict) -> None:
@@ -159,6 +194,11 @@ def test_invalid_config_is_refused(kwargs: dict) -> None:
 def test_config_round_trips_through_dict() -> None:
     cfg = ModelConfig(width=16, depth=3, kernel_sizes=(5, 3, 3), resampling="stride", bound=None)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    photo = ModelConfig(depth=3, resampling="stride", upsampling="bilinear", unshuffle=2)
+    assert ModelConfig.from_dict(photo.to_dict()) == photo
+    # a config written before these options existed still loads, as the old model
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("upsampling", "unshuffle")}
+    assert ModelConfig.from_dict(old) == cfg and cfg.upsampling == "transposed" and cfg.unshuffle == 1
     with pytest.raises(ConfigError):
         ModelConfig.from_dict({**cfg.to_dict(), "mystery": 1})
 
