@@ -11,7 +11,7 @@ import numpy as np
 
 from .artifacts import atomic_write_json, atomic_write_text
 from .classical_denoisers import BASELINE_LABELS, tv_weight
-from .compare import REFERENCE_IMAGE, CompareResult
+from .compare import CompareResult
 from .engines.ensemble import LABEL as ENSEMBLE_LABEL
 from .plotting import pyplot, save_figure
 
@@ -57,19 +57,21 @@ def summary_table(result: CompareResult) -> Table:
 
 
 def bm3d_verdict_lines(result: CompareResult) -> list[str]:
-    """One line per sigma: does the checkpoint beat BM3D on camera?"""
+    """One line per image and sigma (does the checkpoint beat BM3D?), then the count."""
     rows = result.beats_bm3d()
     if not rows:
         why = result.skipped.get(BASELINE_LABELS["bm3d"])
         if why:
             return [f"BM3D was skipped ({why}), so the model was not compared with it."]
-        return [f"No BM3D comparison on {REFERENCE_IMAGE} (not among the images or not run)."]
-    return [
-        f"{REFERENCE_IMAGE}, sigma {r['sigma']:g}: model {r['model_psnr_db']:.2f} dB vs BM3D "
+        return ["No BM3D comparison (BM3D or the checkpoint was not run)."]
+    lines = [
+        f"{r['image']}, sigma {r['sigma']:g}: model {r['model_psnr_db']:.2f} dB vs BM3D "
         f"{r['bm3d_psnr_db']:.2f} dB -> {'beats' if r['beats_bm3d'] else 'does NOT beat'} BM3D "
         f"({r['margin_db']:+.2f} dB)"
         for r in rows
     ]
+    wins = sum(r["beats_bm3d"] for r in rows)
+    return [*lines, f"beats BM3D in {wins} of {len(rows)} comparisons"]
 
 
 def markdown_report(result: CompareResult, figure: str | None = FIGURE_NAME) -> str:

@@ -19,9 +19,11 @@ def _names(text: str, what: str) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "compare")
+    @command(app, "compare", models=("checkpoint",))
     def compare_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (run with PyTorch).")],
+        checkpoint: Annotated[
+            Path, typer.Argument(help="Checkpoint folder or packaged model (photos), run with PyTorch.")
+        ],
         artifacts: Annotated[
             list[Path] | None, typer.Argument(help="Artifacts made from it (.onnx, .plan) to compare too.")
         ] = None,
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
         """Our checkpoint and its artifacts against BM3D, NL-means, TV and wavelet denoising on held-out photos.
 
         Every method sees the same seeded noisy image; PSNR, SSIM and seconds per image are reported per
-        sigma (mean over images, best in bold), and whether the checkpoint beats BM3D on camera. With
+        sigma (mean over images, best in bold), and whether the checkpoint beats BM3D on each photo and sigma. With
         --self-ensemble, the checkpoint and each artifact also run as a self-ensemble ("+x8" rows, timed the same
         way: about 8x the time).
         """

@@ -84,6 +84,7 @@ def test_compare_cli_scores_every_method_and_writes_reports(
     assert data["beats_bm3d"][0]["sigma"] == 25.0
     assert data["beats_bm3d"][0]["beats_bm3d"] is False  # an untrained model does not beat BM3D
     assert "camera, sigma 25" in result.output and "does NOT beat BM3D" in result.output
+    assert "beats BM3D in 0 of 1 comparisons" in result.output
     assert (report / "compare.json").exists()
     md = (report / "compare.md").read_text()
     assert "| BM3D |" in md and "**" in md and "![crops](crops.png)" in md
