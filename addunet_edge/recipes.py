@@ -56,6 +56,9 @@ DIGITS = Recipe(
 # seed 0; camera() PSNR dB at sigma 15 / 25 / 50): batch 64 reached 27.56 / 26.83 / 24.01 (96 steps);
 # batch 16 30.05 / 28.60 / 26.30 (832 steps); batch 8 30.03 / 28.64; batch 16 without BatchNorm 29.62 /
 # 28.57 / 26.05; batch 16 at width 32 29.92 / 27.58 / 26.00. On a CPU budget, steps matter most.
+# Up-sampling (issue 20; 12 min, 1 thread each, two arms at a time beside the interruption soak, seed 0):
+# transposed 28.48 / 27.77 / 24.93, bilinear 29.21 / 28.06 / 24.74; pixel-unshuffle 2 at width 96 (equal MACs)
+# 29.30 / 27.42 / 24.19, with bilinear 28.48 / 26.92 / 22.85. Bilinear won on the mean over the three sigmas.
 PHOTOS = Recipe(
     width=48,
     depth=4,
@@ -69,6 +72,7 @@ PHOTOS = Recipe(
     patch_size=64,
     patches_per_epoch=1024,
     minutes=30.0,
+    upsampling="bilinear",
 )
 
 
