@@ -17,6 +17,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ..ctrl_c import caused_by_ctrl_c, noting_ctrl_c
 from ..errors import AddUNetEdgeError
+from ..pretrained import resolve_model, resolve_models
 
 if TYPE_CHECKING:
     from ..calibration.int8 import Int8Budget
@@ -56,8 +57,12 @@ class Group(TyperGroup):
         return _flags_read_as_flags(super().get_params(ctx))
 
 
-def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-    """Register `fn` on `app`; the package's own errors become one red line and their exit code; Ctrl-C exits 130."""
+def command(app: typer.Typer, name: str | None = None, models: tuple[str, ...] = (), **kwargs: Any) -> Callable[[F], F]:
+    """Register `fn` on `app`; the package's own errors become one red line and their exit code; Ctrl-C exits 130.
+
+    `models`: the parameters that name a model (a path, or a packaged model's name such as `photos`, which is
+    replaced by its folder here, so every command takes the names the same way).
+    """
 
     def decorator(fn: F) -> F:
         @functools.wraps(fn)
@@ -65,6 +70,9 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             ctrl_c = threading.Event()
             try:
                 with noting_ctrl_c(ctrl_c):
+                    for key in models:
+                        value = kw.get(key)
+                        kw[key] = resolve_models(value) if isinstance(value, list) else resolve_model(value)
                     return fn(*args, **kw)
             except Exception as e:
                 # A failure after Ctrl-C is the interruption the user asked for, whatever error it surfaced as.

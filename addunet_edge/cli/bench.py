@@ -27,10 +27,12 @@ BENCH_HELP = "\n\n".join(
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "bench", help=BENCH_HELP)
+    @command(app, "bench", models=("artifacts",), help=BENCH_HELP)
     def bench_command(
         ctx: typer.Context,
-        artifacts: Annotated[list[Path], typer.Argument(help="Checkpoint folders, .onnx files and .plan files.")],
+        artifacts: Annotated[
+            list[Path], typer.Argument(help="Checkpoint folders (or a packaged model: photos), .onnx and .plan files.")
+        ],
         baseline: Annotated[
             Path | None,
             typer.Option(

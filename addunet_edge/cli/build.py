@@ -13,9 +13,9 @@ from .choices import Backend, CalibrationMethod, Int8Target, Precision
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "build")
+    @command(app, "build", models=("source",))
     def build_cmd(
-        source: Annotated[Path, typer.Argument(help="Checkpoint folder or ONNX file.")],
+        source: Annotated[Path, typer.Argument(help="Checkpoint folder, ONNX file, or a packaged model: photos.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("engines"),
         precision: Annotated[Precision, typer.Option(help="What the model computes in.")] = Precision.fp16,
         backend: Annotated[

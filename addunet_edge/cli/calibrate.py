@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "calibrate")
+    @command(app, "calibrate", models=("source",))
     def calibrate_cmd(
-        source: Annotated[Path, typer.Argument(help="fp32 .onnx, or a checkpoint folder (exported first).")],
+        source: Annotated[
+            Path, typer.Argument(help="fp32 .onnx, or a checkpoint folder or packaged model (exported first).")
+        ],
         out: Annotated[
             Path | None,
             typer.Option("--out", "-o", help="int8 ONNX to write (default: <name>.int8.<target>.onnx beside it)."),

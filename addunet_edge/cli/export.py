@@ -11,9 +11,9 @@ from ._common import command, console
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "export")
+    @command(app, "export", models=("checkpoint",))
     def export_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a packaged model: photos.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")] = Path("model.fp32.onnx"),
         tolerance: Annotated[float, typer.Option(help="Max abs error allowed against PyTorch.")] = 1e-4,
     ) -> None:

@@ -14,9 +14,11 @@ from ._common import command, console
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "info")
+    @command(app, "info", models=("checkpoint",))
     def info_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a TensorRT .plan.")],
+        checkpoint: Annotated[
+            Path, typer.Argument(help="Checkpoint folder, packaged model (photos), or a TensorRT .plan.")
+        ],
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """Config, parameters, MACs per pixel, learned gates and metrics of a checkpoint; for a plan, the

@@ -18,6 +18,7 @@ from ..engines.ensemble import SelfEnsemble
 from ..errors import AddUNetEdgeError, ConfigError, DataError, ShapeError, StallError
 from ..media_runner import MediaRunner
 from ..pipeline import FrameDenoiser
+from ..pretrained import DEFAULT_MODEL, PRETRAINED, pretrained_dir, resolve_model
 from ..progress import progress_bar
 from ..run_summary import LatencyHistogram, RunSummary, StreamStats
 from ..tiling import DEFAULT_OVERLAP
@@ -129,7 +130,10 @@ def _stall_error(summary: RunSummary, out: Path) -> StallError:
     return StallError("; ".join(parts) + f"; {out / 'run_summary.json'} says what was processed")
 
 
-_USAGE = "addunet-edge run MODEL INPUT... --out DIR (MODEL is a checkpoint folder, .onnx or .plan)"
+_USAGE = (
+    "addunet-edge run [MODEL] INPUT... [--out DIR] (MODEL is a checkpoint folder, .onnx, .plan or a packaged "
+    "model's name; without one, the packaged photos model runs)"
+)
 
 
 def _is_model(spec: str | Path) -> bool:
@@ -150,20 +154,24 @@ def _looks_like_input(spec: str | Path) -> bool:
     return not path.exists() and media.is_stream_spec(str(spec))
 
 
-def _check_positionals(artifact: Path, inputs: list[str]) -> list[str]:
-    """Refuse a photo in the model's place (or no input at all) with the usage, before anything is opened."""
+def _check_positionals(artifact: Path, inputs: list[str]) -> tuple[Path, list[str]]:
+    """The model and the inputs. With no model given (the first argument is an input, and no other is a model),
+    the packaged photo denoiser runs them; a model among the inputs is refused with the usage, as is no input."""
     if _looks_like_input(artifact):
-        message = f"run takes the model first: {_USAGE}; {str(artifact)!r} looks like an input"
         model = next((spec for spec in inputs if _is_model(spec)), None)
         if model is not None:
-            message += f" and {model!r} like the model: put the model first"
-        raise ConfigError(message)
+            raise ConfigError(
+                f"run takes the model first: {_USAGE}; {str(artifact)!r} looks like an input and {model!r} like "
+                "the model: put the model first"
+            )
+        err_console.print(f"no model given: using the packaged model {DEFAULT_MODEL!r} ({PRETRAINED[DEFAULT_MODEL]})")
+        return pretrained_dir(DEFAULT_MODEL), [str(artifact), *inputs]
     if not inputs:
         raise ConfigError(
             f"no INPUT given after the model {str(artifact)!r}: {_USAGE}; INPUT is one or more images, folders, "
             "videos, camera indices or stream URLs"
         )
-    return inputs
+    return resolve_model(artifact), inputs
 
 
 def _nothing_processed(failures: list[BaseException]) -> BaseException:
@@ -180,9 +188,15 @@ def _nothing_processed(failures: list[BaseException]) -> BaseException:
 
 
 # The arguments and options of `run`, in the order its --help lists them.
-ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint folder, .onnx or .plan.")]
-# Optional to the parser only, so that a lone photo gets told to come after the model (checked in run)
-# rather than click's "Missing argument".
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="[MODEL]",
+        help="Checkpoint folder, .onnx, .plan, or a packaged model (photos); left out, the packaged photos model.",
+    ),
+]
+# Optional to the parser, so that a lone photo runs with the packaged model and a lone model gets told what is
+# missing (checked in run) rather than click's "Missing argument".
 InputsArg = Annotated[
     list[str] | None,
     typer.Argument(
@@ -280,7 +294,7 @@ def register(app: typer.Typer) -> None:
     @command(app, "run", help=RUN_HELP)
     def run(
         artifact: ModelArg,
-        out: OutDir,
+        out: OutDir = Path("denoised"),
         inputs: InputsArg = None,
         tile: TileOpt = None,
         overlap: OverlapOpt = DEFAULT_OVERLAP,
@@ -294,7 +308,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "cpu",
         self_ensemble: SelfEnsembleOpt = False,
     ) -> None:
-        inputs = _check_positionals(artifact, inputs or [])
+        artifact, inputs = _check_positionals(artifact, inputs or [])
         _check_options(max_frames, stall_timeout, segment_frames)
         _denoise_inputs(
             artifact,

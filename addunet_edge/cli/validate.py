@@ -26,9 +26,12 @@ VALIDATE_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "validate", help=VALIDATE_HELP)
+    @command(app, "validate", models=("checkpoint",), help=VALIDATE_HELP)
     def validate_cmd(
-        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (model.safetensors + config.json).")],
+        checkpoint: Annotated[
+            Path,
+            typer.Argument(help="Checkpoint folder (model.safetensors + config.json), or a packaged model: photos."),
+        ],
         artifacts: Annotated[list[Path], typer.Argument(help=".onnx (fp32 / fp16 / int8) and .plan files.")],
         dataset: Annotated[
             str | None,

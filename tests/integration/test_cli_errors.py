@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from addunet_edge import media
 from addunet_edge.cli import app
-from addunet_edge.errors import ArtifactError, ConfigError, DataError
+from addunet_edge.errors import ArtifactError, DataError
 
 torch = pytest.importorskip("torch")
 
@@ -50,19 +50,7 @@ def _text_file_named_png(path: Path) -> Path:
     return path
 
 
-# -- run: the model comes first ----------------------------------------------------------------------------
-def test_run_with_only_a_photo_says_the_model_comes_first(tmp_path: Path) -> None:
-    photo = _good_image(tmp_path / "noisy.png")
-    result = _invoke("run", photo, "--out", tmp_path / "out")
-    assert result.exit_code == ConfigError.exit_code == 2, result.output
-    text = _text(result)
-    assert "run takes the model first: addunet-edge run MODEL INPUT..." in text
-    assert "checkpoint folder, .onnx or .plan" in text
-    assert f"{str(photo)!r} looks like an input" in text
-    assert "Missing argument" not in text
-    assert not (tmp_path / "out").exists()
-
-
+# -- run: the model comes first (with none, the packaged one runs: test_pretrained.py) -----------------------
 def test_run_with_photo_and_model_swapped_says_which_is_the_model(tmp_path: Path, checkpoint: Path) -> None:
     photo = _good_image(tmp_path / "noisy.png")
     result = _invoke("run", photo, checkpoint, "--out", tmp_path / "out")
@@ -71,16 +59,11 @@ def test_run_with_photo_and_model_swapped_says_which_is_the_model(tmp_path: Path
     assert "run takes the model first" in text and f"{str(checkpoint)!r} like the model" in text
 
 
-def test_run_with_a_camera_index_alone_says_the_model_comes_first(tmp_path: Path) -> None:
-    result = _invoke("run", "0", "--out", tmp_path / "out")
-    assert result.exit_code == 2 and "'0' looks like an input" in _text(result), result.output
-
-
 def test_run_with_a_model_and_no_input_asks_for_an_input(tmp_path: Path, checkpoint: Path) -> None:
     result = _invoke("run", checkpoint, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     text = _text(result)
-    assert "no INPUT given after the model" in text and "addunet-edge run MODEL INPUT..." in text
+    assert "no INPUT given after the model" in text and "addunet-edge run [MODEL] INPUT..." in text
 
 
 # -- run: unreadable inputs ----------------------------------------------------------------------------------
