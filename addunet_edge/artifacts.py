@@ -142,6 +142,14 @@ def write_manifest(artifact: str | Path, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
+def shape_fields(source: str | Path) -> dict[str, Any]:
+    """What an ONNX made from `source` (fp16, int8) keeps of its input contract: `size_multiple`, the multiple
+    of 2**depth a strided model's graph was exported for (without it an engine would not pad, and ONNX Runtime
+    fails on a 303x384 photo); empty when the source records none."""
+    manifest = read_manifest(source, verify_hash=False) or {}
+    return {"size_multiple": manifest["size_multiple"]} if "size_multiple" in manifest else {}
+
+
 def read_manifest(artifact: str | Path, *, verify_hash: bool = True, required: bool = False) -> dict | None:
     """Load the manifest of `artifact`; refuse it if the artifact's hash does not match.
 

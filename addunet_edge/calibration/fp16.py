@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._lazy import require
-from ..artifacts import atomic_path, sha256_file, write_manifest
+from ..artifacts import atomic_path, sha256_file, shape_fields, write_manifest
 from ..errors import ArtifactError
 from .calibration_set import CalibrationSet, as_calibration_set
 from .graph import INPUT_NAME, model_channels, prepare_model, session, strip_unused_opsets, toposort
@@ -85,6 +85,7 @@ def convert_fp16(
         precision="fp16",
         source=Path(onnx_in).name,
         source_sha256=sha256_file(onnx_in),
+        **shape_fields(onnx_in),
         blocked_op_types=blocked_ops,
         blocked_nodes=blocked_nodes,
         measured=measured,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._lazy import require
-from ..artifacts import atomic_path, sha256_file, write_manifest
+from ..artifacts import atomic_path, sha256_file, shape_fields, write_manifest
 from ..errors import ArtifactError, ConfigError
 from .fp16 import FP16_OVERFLOW_ABS
 from .graph import (
@@ -119,6 +119,7 @@ def quantize_int8(
         calibration=_calibration_record(ranges),
         source=Path(onnx_in).name,
         source_sha256=sha256_file(onnx_in),
+        **shape_fields(onnx_in),
         excluded_nodes=list(exclude_nodes),
         excluded_op_types=list(exclude_op_types),
         **dict(manifest_extra or {}),
