@@ -7,9 +7,9 @@
    cut off by a kill or spread over several sittings);
 2. copies RUN's checkpoint (model.safetensors, config.json) and log.jsonl into the package (not last/, the
    resume state), with curve.png (validation PSNR against training steps);
-3. `build photos --precision int8` (cpu int8, calibrated on the training photos) and `compare photos <int8>`
-   on camera, coins and astronaut at sigma 15 / 25 / 50 against BM3D, NL-means, TV and wavelet, whose
-   compare.md goes into the package;
+3. `build photos --precision int8 --max-psnr-drift 0.25` (cpu int8, calibrated on the training photos, its most
+   sensitive nodes kept float) and `compare photos <int8>` on camera, coins and astronaut at sigma 15 / 25 / 50
+   against BM3D, NL-means, TV and wavelet, whose compare.md goes into the package;
 4. writes TRAINING.md: the commands, the machine, steps, time and the BM3D verdicts.
 """
 
@@ -60,6 +60,7 @@ def package(run: Path) -> list[dict]:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     PACKAGE.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".photos-", dir=PACKAGE.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700
     for name in FILES:
         shutil.copy2(run / name, staging / name)
     curve(log, staging / "curve.png")
@@ -77,7 +78,7 @@ def package(run: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=Path("runs/photos-model"))
-    ap.add_argument("--minutes", type=float, default=70.0)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training budget (the recipe's 30)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--package-only", action="store_true", help="skip training: package RUN as it is")
@@ -90,8 +91,9 @@ def main() -> None:
     log = package(run)
     engines = run / "engines"
     build_args = ["build", "photos", "--precision", "int8", "--backend", "onnxruntime", "--out", engines]
+    build_args += ["--max-psnr-drift", "0.25"]  # plain int8 drifted -0.47 dB at sigma 50: keep sensitive nodes float
     cli(*build_args, threads=args.threads)
-    int8 = next(engines.glob("model.int8.*.onnx"))
+    int8 = next(engines.glob("photos.int8.*.onnx"))
     compare_args = ["compare", "photos", int8, "--report", run / "compare", "--threads", str(args.threads)]
     cli(*compare_args, threads=args.threads)
     shutil.copy2(run / "compare" / "compare.md", PACKAGE / "compare.md")
@@ -132,7 +134,7 @@ python scripts/make_photos_model.py --run runs/photos-model --package-only      
 compare.md has every method (BM3D, NL-means, TV, wavelet, our fp32 PyTorch and int8 ONNX Runtime) per photo
 and sigma, with seconds per image.
 
-Made {time.strftime("%Y-%m-%d")} in {(time.time() - t0) / 60:.0f} min by scripts/make_photos_model.py.
+Packaged {time.strftime("%Y-%m-%d")} by scripts/make_photos_model.py ({(time.time() - t0) / 60:.0f} min for this step).
 """
     (PACKAGE / "TRAINING.md").write_text(text)
     print(text)

@@ -4,7 +4,8 @@ The supported operators come from onnx-tensorrt's docs/operators.md, listed into
 tests/data/onnx_tensorrt_ops/<version>.txt by scripts/trt_binding_names.py (TensorRT 10.3, JetPack 6, and
 the newest 11.x whose list was available; see each file's header for its source). The graphs are made by the
 package's own pipeline (`make_precision_onnx`): fp32, fp16 and int8 for target `tensorrt`, for the default
-model and for a multi-scale, paper-plain one (strided resampling, no BatchNorm, no bound, MLP head).
+model, for a multi-scale, paper-plain one (strided resampling, no BatchNorm, no bound, MLP head) and for the
+packaged photo denoiser.
 """
 
 from __future__ import annotations
@@ -107,10 +108,15 @@ def plain_multiscale_checkpoint(tmp_path_factory: pytest.TempPathFactory, digits
     return out
 
 
-@pytest.fixture(scope="module", params=["default", "plain-multiscale"])
+@pytest.fixture(scope="module", params=["default", "plain-multiscale", "packaged-photos"])
 def graphs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, onnx.ModelProto]:
-    fixture = "tiny_checkpoint" if request.param == "default" else "plain_multiscale_checkpoint"
-    checkpoint = request.getfixturevalue(fixture)
+    if request.param == "packaged-photos":  # the model `run` uses when given none (bilinear, unshuffle, ...)
+        from addunet_edge.pretrained import pretrained_dir
+
+        checkpoint = pretrained_dir("photos")
+    else:
+        fixture = "tiny_checkpoint" if request.param == "default" else "plain_multiscale_checkpoint"
+        checkpoint = request.getfixturevalue(fixture)
     out = tmp_path_factory.mktemp(f"trt-ops-{request.param}")
     paths = {
         "fp32": make_precision_onnx(checkpoint, out, "fp32", progress=False),
