@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ import pytest
 
 # Two cores: keep torch and onnxruntime from oversubscribing them in every test process.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# A shell that starts pytest in the background (`cmd &` without job control) leaves SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler: the Ctrl-C tests would fail for the shell's sake, and children
+# would inherit the ignore. Give the suite what a terminal gives it (seen: CI launched with `nohup ... &`).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
